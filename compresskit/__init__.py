@@ -1,0 +1,13 @@
+"""compresskit: compress BERT-family classifiers with composable, recipe-driven strategies."""
+
+from compresskit.modeling import (
+    CompressedConfig,
+    CompressedModelForSequenceClassification,
+    register_auto_classes,
+)
+
+__version__ = "0.1.0"
+
+register_auto_classes()
+
+__all__ = ["CompressedConfig", "CompressedModelForSequenceClassification", "__version__"]

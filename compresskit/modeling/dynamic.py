@@ -1,0 +1,165 @@
+"""Modules of dynamic-depth models: layer gates, exit heads and exit rules.
+
+Exit rules are small modules (a learned rule owns parameters, e.g. ConsistentEE's policy
+networks) registered by name, so a new early-exit method adds its rule with one decorator and
+the saved config names it. A rule sees only the examples still in the batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from compresskit.errors import ModelFormatError
+
+
+def pool(hidden: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
+    """[CLS] state, or the mean over real tokens (mask: 1 for tokens, 0 for padding)."""
+    if how == "cls":
+        return hidden[:, 0]
+    weights = mask.to(hidden.dtype).unsqueeze(-1)
+    return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+
+
+class LayerGate(nn.Module):
+    """A one-hidden-layer FFN that scores 'run' vs 'skip' for the layer it guards."""
+
+    def __init__(self, hidden_size: int, gate_hidden: int, pooling: str):
+        super().__init__()
+        self.pooling = pooling
+        self.net = nn.Sequential(nn.Linear(hidden_size, gate_hidden), nn.GELU(), nn.Linear(gate_hidden, 2))
+
+    def forward(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Logits of (skip, run) per example."""
+        return self.net(pool(hidden, mask, self.pooling))
+
+
+class ExitHead(nn.Module):
+    """A classifier on the [CLS] state of an intermediate layer (pooler + linear)."""
+
+    def __init__(self, hidden_size: int, num_labels: int, dropout: float):
+        super().__init__()
+        self.dense = nn.Linear(hidden_size, hidden_size)
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(hidden_size, num_labels)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.dropout(torch.tanh(self.dense(hidden[:, 0]))))
+
+
+# ---- exit rules ------------------------------------------------------------------------------
+
+class ExitRule(nn.Module):
+    """Decides, after an exit layer, which of the remaining examples stop there.
+
+    `state` is a dict of per-example tensors over the whole batch (e.g. patience counters);
+    `rows` indexes the examples still running, aligned with `logits` and `hidden`.
+    """
+
+    def __init__(self, num_layers: int, hidden_size: int):
+        super().__init__()
+        self.num_layers = num_layers
+
+    def init_state(self, batch_size: int, device: torch.device) -> dict[str, torch.Tensor]:
+        return {}
+
+    def should_exit(self, layer: int, logits: torch.Tensor, hidden: torch.Tensor,
+                    rows: torch.Tensor, state: dict[str, torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
+
+
+EXIT_RULES: dict[str, type[ExitRule]] = {}
+
+
+def register_exit_rule(name: str) -> Callable[[type[ExitRule]], type[ExitRule]]:
+    def wrap(cls: type[ExitRule]) -> type[ExitRule]:
+        EXIT_RULES[name] = cls
+        return cls
+    return wrap
+
+
+def build_exit_rule(spec: dict[str, Any], num_layers: int, hidden_size: int) -> ExitRule:
+    params = dict(spec)
+    name = params.pop("name")
+    if name not in EXIT_RULES:
+        raise ModelFormatError(
+            f"exit_rule.name: unknown rule {name!r}; known: {', '.join(sorted(EXIT_RULES))}"
+        )
+    try:
+        return EXIT_RULES[name](num_layers=num_layers, hidden_size=hidden_size, **params)
+    except TypeError as err:
+        raise ModelFormatError(f"exit_rule: bad parameters for {name!r}: {err}") from None
+
+
+def entropy(logits: torch.Tensor, normalized: bool = False) -> torch.Tensor:
+    logp = torch.log_softmax(logits, dim=-1)  # log_softmax: no log(0) on confident heads
+    ent = -(logp.exp() * logp).sum(-1)
+    if normalized:
+        ent = ent / torch.log(torch.tensor(float(logits.shape[-1])))
+    return ent
+
+
+@register_exit_rule("entropy")
+class EntropyRule(ExitRule):
+    """DeeBERT / COST-EFF: exit when the prediction entropy falls below a threshold."""
+
+    def __init__(self, num_layers: int, hidden_size: int, threshold: float = 0.3):
+        super().__init__(num_layers, hidden_size)
+        self.threshold = threshold
+
+    def should_exit(self, layer, logits, hidden, rows, state):
+        return entropy(logits) < self.threshold
+
+
+@register_exit_rule("patience")
+class PatienceRule(ExitRule):
+    """PABEE: exit when the argmax has not changed for `patience` consecutive exit layers."""
+
+    def __init__(self, num_layers: int, hidden_size: int, patience: int = 2):
+        super().__init__(num_layers, hidden_size)
+        self.patience = patience
+
+    def init_state(self, batch_size, device):
+        return {"last": torch.full((batch_size,), -1, device=device),
+                "count": torch.zeros(batch_size, dtype=torch.long, device=device)}
+
+    def should_exit(self, layer, logits, hidden, rows, state):
+        pred = logits.argmax(-1)
+        same = pred == state["last"][rows]
+        state["count"][rows] = torch.where(same, state["count"][rows] + 1, torch.zeros_like(pred))
+        state["last"][rows] = pred
+        return state["count"][rows] >= self.patience
+
+
+@register_exit_rule("patience_confidence")
+class PatienceConfidenceRule(ExitRule):
+    """PCEE-BERT: exit when normalised entropy < threshold for `patience` consecutive layers."""
+
+    def __init__(self, num_layers: int, hidden_size: int, threshold: float = 0.3,
+                 patience: int = 1):
+        super().__init__(num_layers, hidden_size)
+        self.threshold, self.patience = threshold, patience
+
+    def init_state(self, batch_size, device):
+        return {"count": torch.zeros(batch_size, dtype=torch.long, device=device)}
+
+    def should_exit(self, layer, logits, hidden, rows, state):
+        confident = entropy(logits, normalized=True) < self.threshold
+        state["count"][rows] = torch.where(confident, state["count"][rows] + 1,
+                                           torch.zeros_like(state["count"][rows]))
+        return state["count"][rows] >= self.patience
+
+
+@register_exit_rule("budget")
+class BudgetRule(ExitRule):
+    """Budgeted exit: every example leaves after the first `k` layers."""
+
+    def __init__(self, num_layers: int, hidden_size: int, k: int = 1):
+        super().__init__(num_layers, hidden_size)
+        self.k = k
+
+    def should_exit(self, layer, logits, hidden, rows, state):
+        return torch.full((logits.shape[0],), layer + 1 >= self.k, dtype=torch.bool, device=logits.device)

@@ -1,0 +1,234 @@
+"""The compressed sequence classifier: stock HF modules driven layer by layer.
+
+One class covers every shape the format allows: dropped layers, per-layer heads and FFN
+widths, gates that skip layers and exit heads that end inference early. In training mode every
+example runs every layer (gates mix `g * f(h) + (1 - g) * h`, exit heads see all examples); in
+eval mode a dynamic model routes sub-batches: a skipped layer does no work for the examples it
+skips, and an exited example leaves the batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrainedModel
+from transformers.utils import ModelOutput
+
+from compresskit.modeling.backbones import ADAPTERS
+from compresskit.modeling.config import CompressedConfig
+from compresskit.modeling.dynamic import ExitHead, LayerGate, build_exit_rule
+
+GateEstimator = Callable[[torch.Tensor], torch.Tensor]
+
+
+def sampled_straight_through(logits: torch.Tensor) -> torch.Tensor:
+    """Default training gate: a hard Bernoulli sample with the straight-through gradient."""
+    p_run = torch.softmax(logits, dim=-1)[..., 1]
+    hard = (torch.rand_like(p_run) < p_run).to(p_run.dtype)
+    return hard + p_run - p_run.detach()
+
+
+@dataclass
+class CompressedOutput(ModelOutput):
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None  # embeddings, then each layer (full pass)
+    attentions: tuple[torch.Tensor, ...] | None = None
+    gate_logits: dict[int, torch.Tensor] | None = None  # layer -> (batch, 2) skip/run logits
+    gate_values: dict[int, torch.Tensor] | None = None  # layer -> (batch,) gate used (0..1)
+    exit_logits: dict[int, torch.Tensor] | None = None  # layer -> (batch, labels) (full pass)
+    layers_executed: torch.Tensor | None = None  # (batch,) transformer layers run per example
+    exit_layer: torch.Tensor | None = None  # (batch,) 1-based layer each example left after
+
+
+class CompressedModelForSequenceClassification(PreTrainedModel):
+    config_class = CompressedConfig
+    base_model_prefix = "compresskit"
+    _supports_attention_backend = False
+
+    def __init__(self, config: CompressedConfig, backbone: PreTrainedModel | None = None):
+        super().__init__(config)
+        specs = config.layer_specs()
+        self.adapter = ADAPTERS[config.backbone["model_type"]]
+        if backbone is None:
+            backbone = AutoModelForSequenceClassification.from_config(config.backbone_config())
+            self._shape_layers(backbone, specs)
+        backbone.apply(lambda m: setattr(m, "_is_hf_initialized", True))
+        self.backbone = backbone
+        full_heads = list(range(config.backbone["num_attention_heads"]))
+        for layer, spec in zip(self.adapter.layers(backbone), specs):
+            # a plain attribute, not a buffer: it is rebuilt from the config, never loaded
+            layer.kept_heads = None if spec.heads == full_heads else torch.tensor(spec.heads)
+        hidden = config.backbone["hidden_size"]
+        gate = config.gate_spec()
+        self.gates = nn.ModuleDict(
+            {str(i): LayerGate(hidden, gate.hidden_size, gate.pooling) for i, s in enumerate(specs) if s.gate}
+        )
+        dropout = config.backbone.get("hidden_dropout_prob", 0.1)
+        self.exit_heads = nn.ModuleDict(
+            {str(i): ExitHead(hidden, config.num_labels, dropout) for i, s in enumerate(specs) if s.exit}
+        )
+        rule = config.exit_rule_spec()
+        self.exit_rule = build_exit_rule(rule.model_dump(), len(specs), hidden) if rule else None
+        self.gate_estimator: GateEstimator = sampled_straight_through
+        self.post_init()
+
+    # ---- construction ----------------------------------------------------------------------
+    def _shape_layers(self, backbone: PreTrainedModel, specs: list) -> None:
+        n_heads = self.config.backbone["num_attention_heads"]
+        width = self.config.backbone["intermediate_size"]
+        for layer, spec in zip(self.adapter.layers(backbone), specs):
+            if len(spec.heads) != n_heads or spec.intermediate_size != width:
+                self.adapter.resize_layer(layer, len(spec.heads), spec.intermediate_size)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            module.weight.data.normal_(0.0, self.config.backbone.get("initializer_range", 0.02))
+            if module.bias is not None:
+                module.bias.data.zero_()
+
+    @classmethod
+    def from_backbone(cls, backbone: PreTrainedModel) -> CompressedModelForSequenceClassification:
+        """Wrap a stock HF sequence classifier (weights shared, nothing copied)."""
+        backbone.config._attn_implementation = "eager"
+        config = CompressedConfig.from_backbone_config(backbone.config)
+        return cls(config, backbone=backbone)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: Any, *args: Any, **kwargs: Any):
+        """Loads a compressed checkpoint, or a stock BERT/RoBERTa/MPNet one (wrapped)."""
+        config = kwargs.get("config") or AutoConfig.from_pretrained(pretrained_model_name_or_path)
+        if config.model_type == CompressedConfig.model_type:
+            return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        kwargs.pop("config", None)
+        backbone = AutoModelForSequenceClassification.from_pretrained(
+            pretrained_model_name_or_path, *args, attn_implementation="eager", **kwargs
+        )
+        return cls.from_backbone(backbone)
+
+    def save_pretrained(self, save_directory: Any, *args: Any, **kwargs: Any) -> None:
+        """An uncompressed model saves as the stock HF model it is; otherwise as compresskit."""
+        if self.config.is_stock():
+            self.backbone.save_pretrained(save_directory, *args, **kwargs)
+        else:
+            super().save_pretrained(save_directory, *args, **kwargs)
+
+    # ---- views -----------------------------------------------------------------------------
+    @property
+    def layers(self) -> nn.ModuleList:
+        return self.adapter.layers(self.backbone)
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def is_dynamic(self) -> bool:
+        return len(self.gates) > 0 or (self.exit_rule is not None and len(self.exit_heads) > 0)
+
+    # ---- forward ---------------------------------------------------------------------------
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+        dynamic: bool | None = None,
+        **unused: Any,
+    ) -> CompressedOutput:
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        hidden = self.adapter.embed(self.backbone, input_ids, token_type_ids)
+        additive = (1.0 - attention_mask[:, None, None, :].to(hidden.dtype)) * torch.finfo(hidden.dtype).min
+        bias = self.adapter.position_bias(self.backbone, hidden)
+        if dynamic is None:
+            dynamic = not self.training and self.is_dynamic
+        if dynamic:
+            out = self._routed_forward(hidden, attention_mask, additive, bias)
+        else:
+            out = self._full_forward(hidden, attention_mask, additive, bias, output_hidden_states,
+                                     output_attentions)
+        if labels is not None:
+            out.loss = self.task_loss(out.logits, labels)
+        return out
+
+    def task_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self.config.num_labels == 1:
+            return nn.functional.mse_loss(logits.squeeze(-1), labels.to(logits.dtype))
+        return nn.functional.cross_entropy(logits, labels)
+
+    def _full_forward(self, hidden, mask, additive, bias, output_hidden_states, output_attentions):
+        states, maps = [hidden], []
+        gate_logits, gate_values, exit_logits = {}, {}, {}
+        for i, layer in enumerate(self.layers):
+            new, attn = self.adapter.run_layer(layer, hidden, additive, bias, output_attentions)
+            if str(i) in self.gates:
+                logits = self.gates[str(i)](hidden, mask)
+                g = self.gate_estimator(logits) if self.training else (logits[:, 1] > logits[:, 0]).to(new.dtype)
+                gate_logits[i], gate_values[i] = logits, g
+                g3 = g[:, None, None]
+                new = g3 * new + (1 - g3) * hidden
+            hidden = new
+            states.append(hidden)
+            maps.append(attn)
+            if str(i) in self.exit_heads:
+                exit_logits[i] = self.exit_heads[str(i)](hidden)
+        batch = hidden.shape[0]
+        executed = torch.full((batch,), float(self.num_layers), device=hidden.device)
+        if gate_values:
+            executed = executed - sum((1 - g.detach()) for g in gate_values.values())
+        return CompressedOutput(
+            logits=self.adapter.head(self.backbone, hidden),
+            hidden_states=tuple(states) if output_hidden_states else None,
+            attentions=tuple(maps) if output_attentions else None,
+            gate_logits=gate_logits or None,
+            gate_values=gate_values or None,
+            exit_logits=exit_logits or None,
+            layers_executed=executed,
+            exit_layer=torch.full((batch,), self.num_layers, device=hidden.device),
+        )
+
+    @torch.no_grad()
+    def _routed_forward(self, hidden, mask, additive, bias):
+        """Inference that skips work: each layer runs only on the rows that need it."""
+        batch, device = hidden.shape[0], hidden.device
+        hidden = hidden.clone()
+        active = torch.arange(batch, device=device)  # examples that have not exited
+        logits_out = torch.zeros(batch, max(self.config.num_labels, 1), device=device, dtype=hidden.dtype)
+        executed = torch.zeros(batch, device=device)
+        exit_layer = torch.full((batch,), self.num_layers, device=device)
+        state = self.exit_rule.init_state(batch, device) if self.exit_rule is not None else {}
+        last = self.num_layers - 1
+        for i, layer in enumerate(self.layers):
+            rows = active
+            if str(i) in self.gates:
+                gate_logits = self.gates[str(i)](hidden[rows], mask[rows])
+                rows = rows[gate_logits[:, 1] > gate_logits[:, 0]]
+            if rows.numel():
+                hidden[rows], _ = self.adapter.run_layer(layer, hidden[rows], additive[rows], bias, False)
+                executed[rows] += 1
+            if i < last and str(i) in self.exit_heads and self.exit_rule is not None:
+                exit_logits = self.exit_heads[str(i)](hidden[active])
+                leave = self.exit_rule.should_exit(i, exit_logits, hidden[active], active, state)
+                logits_out[active[leave]] = exit_logits[leave]
+                exit_layer[active[leave]] = i + 1
+                active = active[~leave]
+                if not active.numel():
+                    break
+        if active.numel():
+            logits_out[active] = self.adapter.head(self.backbone, hidden[active])
+        return CompressedOutput(logits=logits_out, layers_executed=executed, exit_layer=exit_layer)
+
+
+def register_auto_classes() -> None:
+    """Let AutoConfig / AutoModelForSequenceClassification load compresskit checkpoints."""
+    AutoConfig.register(CompressedConfig.model_type, CompressedConfig, exist_ok=True)
+    AutoModelForSequenceClassification.register(
+        CompressedConfig, CompressedModelForSequenceClassification, exist_ok=True
+    )
