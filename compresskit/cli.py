@@ -1,0 +1,178 @@
+"""The `compresskit` command line. Bad input exits 2 with a message, no traceback (--debug shows it)."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from compresskit.errors import CompressKitError
+
+log = logging.getLogger("compresskit")
+
+
+def _setup_logging(debug: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    for noisy in ("urllib3", "filelock", "fsspec", "datasets", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Known errors: message and exit 2. Anything else: exit 1 with a pointer to --debug."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        debug = click.get_current_context().find_root().params.get("debug", False)
+        try:
+            return func(*args, **kwargs)
+        except CompressKitError as err:
+            if debug:
+                raise
+            click.echo(f"error: {err}", err=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            click.echo("interrupted; rerun the same command to resume after the last finished stage", err=True)
+            sys.exit(130)
+        except Exception as err:  # an internal error: say so plainly, keep the traceback behind --debug
+            if debug:
+                raise
+            click.echo(f"internal error: {type(err).__name__}: {err}\n(rerun with --debug for the traceback)",
+                       err=True)
+            sys.exit(1)
+
+    return wrapper
+
+
+@click.group()
+@click.option("--debug", is_flag=True, help="Show tracebacks and debug logs.")
+@click.version_option(package_name="compresskit")
+def main(debug: bool) -> None:
+    """Compress BERT-family classifiers with composable, recipe-driven strategies."""
+    _setup_logging(debug)
+
+
+@main.command()
+@click.argument("recipe", type=click.Path(dir_okay=False))
+@click.option("--output-dir", "-o", type=click.Path(file_okay=False), help="Run directory (default runs/NAME).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a recipe value, e.g. data.max_train_samples=500 or stages.teacher.epochs=1.")
+@click.option("--num-processes", type=int, default=1, show_default=True,
+              help="Train with N processes (accelerate launch --cpu under the hood).")
+@handle_errors
+def apply(recipe: str, output_dir: str | None, overrides: tuple[str, ...], num_processes: int) -> None:
+    """Run RECIPE; rerunning resumes after the last finished stage."""
+    from compresskit.recipe import load_recipe
+
+    resolved = load_recipe(recipe, list(overrides))  # validate everything before anything runs
+    if num_processes > 1 and "LOCAL_RANK" not in os.environ:
+        _relaunch(num_processes)
+        return
+    from compresskit.pipeline import Pipeline
+
+    run_dir = Path(output_dir or Path("runs") / resolved.recipe.name)
+    report = Pipeline(resolved, run_dir).run()
+    click.echo(json.dumps(report["summary"], indent=2))
+    click.echo(f"report: {run_dir / 'report.json'}")
+
+
+def _relaunch(num_processes: int) -> None:
+    args = [a for a in sys.argv[1:]]
+    i = args.index("--num-processes") if "--num-processes" in args else None
+    if i is not None:
+        del args[i:i + 2]
+    else:
+        args = [a for a in args if not a.startswith("--num-processes=")]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(num_processes),
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--cpu",
+           "-m", "compresskit", *args]
+    log.info("launching %d processes: %s", num_processes, " ".join(cmd))
+    sys.exit(subprocess.call(cmd))
+
+
+@main.command()
+@click.argument("recipe", type=click.Path(dir_okay=False))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE")
+@handle_errors
+def validate(recipe: str, overrides: tuple[str, ...]) -> None:
+    """Check RECIPE without running it; lists every problem with its location."""
+    from compresskit.recipe import load_recipe
+
+    resolved = load_recipe(recipe, list(overrides))
+    names = ", ".join(f"{s.name} ({s.strategy})" for s in resolved.stages)
+    click.echo(f"ok: {resolved.recipe.name}: {len(resolved.stages)} stage(s): {names}")
+
+
+@main.command()
+@handle_errors
+def strategies() -> None:
+    """List the registered strategies."""
+    from compresskit.registry import strategies as registered
+
+    for name, cls in registered().items():
+        click.echo(f"{name:<18} {cls.kind:<9} {cls.summary()}")
+
+
+@main.group(invoke_without_command=True)
+@click.pass_context
+@handle_errors
+def assets(ctx: click.Context) -> None:
+    """List the packaged models and tasks (and whether they are installed)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from compresskit.assets import ASSETS, cache_dir
+
+    click.echo(f"cache: {cache_dir()}")
+    for asset in ASSETS.values():
+        mark = "installed" if asset.installed else "missing"
+        click.echo(f"{asset.name:<16} {asset.kind:<6} {mark:<10} {asset.description}")
+
+
+@assets.command("install")
+@click.argument("names", nargs=-1)
+@click.option("--keep-wheels", is_flag=True, help="Keep the downloaded wheels in the cache.")
+@handle_errors
+def assets_install(names: tuple[str, ...], keep_wheels: bool) -> None:
+    """Download and prepare packaged assets (all by default)."""
+    from compresskit.assets import install
+
+    for asset in install(list(names) or None, keep_wheels=keep_wheels):
+        click.echo(f"{asset.name}: {asset.path}")
+
+
+@main.command()
+@click.argument("model")
+@click.option("--task", "task_name", required=True, help="Known task name (see docs/tasks.md).")
+@click.option("--split", default="validation", show_default=True)
+@click.option("--max-samples", type=int, default=None, help="Evaluate the first N rows only.")
+@click.option("--max-length", type=int, default=128, show_default=True)
+@click.option("--batch-size", type=int, default=64, show_default=True)
+@handle_errors
+def evaluate(model: str, task_name: str, split: str, max_samples: int | None, max_length: int,
+             batch_size: int) -> None:
+    """Evaluate MODEL (packaged name, directory or hub name) on a task split; prints JSON."""
+    from compresskit.data.loading import load_splits, resolve_task, tokenize
+    from compresskit.evaluation.evaluate import count_parameters
+    from compresskit.evaluation.evaluate import evaluate as run_eval
+    from compresskit.modeling.loading import load_model
+
+    task = resolve_task(task_name)
+    if split not in task.splits and task.source != "files":
+        raise CompressKitError(f"task {task.name!r} has no split {split!r}; splits: {', '.join(task.splits)}")
+    loaded, tokenizer = load_model(model, task)
+    data = tokenize(load_splits(task, [split], max_eval_samples=max_samples), tokenizer, max_length)
+    metrics = run_eval(loaded, data[split], task, tokenizer, batch_size)
+    metrics["parameters"] = count_parameters(loaded)
+    click.echo(json.dumps(metrics, indent=2))

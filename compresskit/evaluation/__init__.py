@@ -1,0 +1,1 @@
+"""Metrics, cost profiles (layers executed, FLOPs, parameters) and model evaluation."""

@@ -1,0 +1,316 @@
+"""Runs a recipe's stages in order, checkpointing each, resuming after the last finished one.
+
+Run directory layout:
+    recipe.yaml        the resolved recipe (defaults filled in)
+    environment.json   package versions, seed, threads, processes
+    run.log            the log of every run in this directory
+    progress.json      which stage is running
+    stages/NN-NAME/    model/ (save_pretrained + tokenizer), stage.json, extra artifacts
+    report.json        per-stage results, baseline and final model profiles
+
+Each stage's directory is written under a temporary name and renamed when whole, so a killed
+run leaves finished stages intact and no half-written one. A stage is reused when its
+fingerprint (the input model, task, data settings, seed and every stage config up to it)
+matches; changing a stage's settings reruns it and every stage after it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import shutil
+import time
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import datasets
+import torch
+import yaml
+from accelerate import Accelerator, PartialState
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from compresskit.data.loading import load_splits, resolve_task, tokenize
+from compresskit.data.tasks import TaskSpec
+from compresskit.errors import CompressKitError
+from compresskit.evaluation.evaluate import count_parameters, evaluate, flops_per_example
+from compresskit.modeling.loading import load_model
+from compresskit.modeling.model import CompressedModelForSequenceClassification
+from compresskit.recipe import ResolvedRecipe
+
+log = logging.getLogger(__name__)
+
+PACKAGES = ("compresskit", "torch", "transformers", "datasets", "accelerate", "torch-pruning",
+            "optimum", "optimum-onnx", "onnxruntime", "pydantic")
+
+
+@dataclass
+class PipelineState:
+    """What flows from stage to stage."""
+
+    model: CompressedModelForSequenceClassification
+    tokenizer: PreTrainedTokenizerBase
+    task: TaskSpec
+    raw: datasets.DatasetDict  # text splits; tokenized on demand for the current tokenizer
+    max_length: int
+    info: dict[str, Any] = field(default_factory=dict)  # what the last stage wants reported
+    _encoded: dict[str, datasets.DatasetDict] = field(default_factory=dict, repr=False)
+
+    @property
+    def data(self) -> datasets.DatasetDict:
+        key = f"{self.tokenizer.name_or_path}:{len(self.tokenizer)}:{self.max_length}"
+        if key not in self._encoded:
+            self._encoded[key] = tokenize(self.raw, self.tokenizer, self.max_length)
+        return self._encoded[key]
+
+
+@dataclass
+class StageContext:
+    """What a stage may use besides the state: where to write, the seed, earlier stages."""
+
+    index: int
+    name: str
+    seed: int
+    run_dir: Path
+    work_dir: Path  # extra artifacts of this stage; kept when the stage finishes
+    stage_dirs: dict[str, Path]  # finished earlier stages by name, plus "input"
+    recipe: ResolvedRecipe
+
+    def model_path(self, stage: str) -> Path:
+        if stage not in self.stage_dirs:
+            raise CompressKitError(f"stage {self.name!r} asks for the model of {stage!r}, which has not run")
+        return self.stage_dirs[stage]
+
+    def load_model(self, stage: str) -> CompressedModelForSequenceClassification:
+        return CompressedModelForSequenceClassification.from_pretrained(self.model_path(stage))
+
+
+def _hash(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=float))
+    os.replace(tmp, path)
+
+
+def package_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+class Pipeline:
+    def __init__(self, resolved: ResolvedRecipe, run_dir: str | Path):
+        self.resolved = resolved
+        self.recipe = resolved.recipe
+        self.run_dir = Path(run_dir)
+        self.stages_dir = self.run_dir / "stages"
+        self.dist = PartialState(cpu=not torch.cuda.is_available())
+        self.task = resolve_task(self.recipe.task)
+        self.fingerprints = self._fingerprints()
+
+    # ---- bookkeeping -----------------------------------------------------------------------
+    def _fingerprints(self) -> list[str]:
+        r = self.recipe
+        task = self.task.model_dump(mode="json")
+        previous = _hash(r.model, task, r.data.model_dump(), r.seed, r.evaluation.model_dump())
+        out = []
+        for stage in self.resolved.stages:
+            previous = _hash(previous, stage.model_dump(mode="json"))
+            out.append(previous)
+        return out
+
+    def stage_dir(self, index: int) -> Path:
+        return self.stages_dir / f"{index:02d}-{self.resolved.stages[index].name}"
+
+    def finished_stages(self) -> int:
+        """How many leading stages are on disk, whole and with matching fingerprints."""
+        for i in range(len(self.resolved.stages)):
+            meta = self.stage_dir(i) / "stage.json"
+            if not (self.stage_dir(i) / ".complete").exists() or not meta.exists():
+                return i
+            if json.loads(meta.read_text()).get("fingerprint") != self.fingerprints[i]:
+                return i
+        return len(self.resolved.stages)
+
+    def _prepare_run_dir(self, done: int) -> None:
+        self.stages_dir.mkdir(parents=True, exist_ok=True)
+        keep = {self.stage_dir(i).name for i in range(done)}
+        for path in self.stages_dir.iterdir():  # stale or half-written stages
+            if path.name not in keep:
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+        (self.run_dir / "recipe.yaml").write_text(yaml.safe_dump(self.resolved.to_dict(), sort_keys=False))
+        _write_json(self.run_dir / "environment.json", {
+            "packages": package_versions(), "seed": self.recipe.seed,
+            "torch_threads": torch.get_num_threads(), "processes": self.dist.num_processes,
+            "platform": platform.platform(),
+        })
+
+    def _attach_log_file(self) -> logging.Handler | None:
+        if not self.dist.is_main_process:
+            return None
+        handler = logging.FileHandler(self.run_dir / "run.log")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logging.getLogger("compresskit").addHandler(handler)
+        return handler
+
+    # ---- running ---------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        done = self.finished_stages()
+        if self.dist.is_main_process:
+            self._prepare_run_dir(done)
+        self.dist.wait_for_everyone()
+        handler = self._attach_log_file()
+        try:
+            return self._run(done)
+        finally:
+            if handler is not None:
+                logging.getLogger("compresskit").removeHandler(handler)
+                handler.close()
+
+    def _run(self, done: int) -> dict[str, Any]:
+        total = len(self.resolved.stages)
+        if done:
+            log.info("resuming: %d of %d stages already finished (%s)", done, total,
+                     ", ".join(s.name for s in self.resolved.stages[:done]))
+        state = self._initial_state(done)
+        for i in range(done, total):
+            state = self._run_stage(i, state)
+        report = self.report()
+        log.info("done: report at %s", self.run_dir / "report.json")
+        return report
+
+    def _stage_dirs(self, upto: int) -> dict[str, Path]:
+        dirs = {"input": Path(self._input_path())}
+        dirs.update({self.resolved.stages[i].name: self.stage_dir(i) / "model" for i in range(upto)})
+        return dirs
+
+    def _input_path(self) -> str:
+        from compresskit.modeling.loading import resolve_model_path
+
+        return resolve_model_path(self.recipe.model)
+
+    def _initial_state(self, done: int) -> PipelineState:
+        r = self.recipe
+        splits = ["train", r.evaluation.split, *[s for s in r.evaluation.final_splits if s != r.evaluation.split]]
+        raw = load_splits(self.task, list(dict.fromkeys(splits)), seed=r.seed,
+                          max_train_samples=r.data.max_train_samples, max_eval_samples=r.data.max_eval_samples)
+        if done:
+            path = self.stage_dir(done - 1) / "model"
+            model = CompressedModelForSequenceClassification.from_pretrained(path)
+            tokenizer = AutoTokenizer.from_pretrained(path)
+        else:
+            model, tokenizer = load_model(r.model, self.task)
+        return PipelineState(model=model, tokenizer=tokenizer, task=self.task, raw=raw,
+                             max_length=r.data.max_length)
+
+    def _run_stage(self, index: int, state: PipelineState) -> PipelineState:
+        stage = self.resolved.stages[index]
+        strategy = self.resolved.strategy(index)
+        final_dir = self.stage_dir(index)
+        work_dir = self.stages_dir / f".tmp-{final_dir.name}"
+        if self.dist.is_main_process:
+            shutil.rmtree(work_dir, ignore_errors=True)
+            work_dir.mkdir(parents=True)
+            _write_json(self.run_dir / "progress.json", {"stage": index, "name": stage.name,
+                                                         "status": "running", "started": time.time()})
+        self.dist.wait_for_everyone()
+        log.info("stage %d/%d %r (%s) started", index + 1, len(self.resolved.stages), stage.name, stage.strategy)
+        ctx = StageContext(index=index, name=stage.name, seed=self.recipe.seed + index, run_dir=self.run_dir,
+                           work_dir=work_dir, stage_dirs=self._stage_dirs(index), recipe=self.resolved)
+        state.info = {}
+        started = time.perf_counter()
+        state = strategy.apply(state, ctx)
+        seconds = time.perf_counter() - started
+        evaluation = self.profile(state, [self.recipe.evaluation.split])
+        meta = {"name": stage.name, "strategy": stage.strategy, "fingerprint": self.fingerprints[index],
+                "seconds": seconds, "evaluation": evaluation, "info": state.info,
+                "config": stage.model_dump(mode="json")}
+        if self.dist.is_main_process:
+            state.model.save_pretrained(work_dir / "model")
+            state.tokenizer.save_pretrained(work_dir / "model")
+            _write_json(work_dir / "stage.json", meta)
+            (work_dir / ".complete").write_text("ok\n")
+            os.replace(work_dir, final_dir)
+            _write_json(self.run_dir / "progress.json", {"stage": index, "name": stage.name, "status": "finished"})
+        self.dist.wait_for_everyone()
+        log.info("stage %r finished in %.1fs: %s", stage.name, seconds, evaluation[self.recipe.evaluation.split])
+        return state
+
+    # ---- evaluation and report -------------------------------------------------------------
+    def profile(self, state: PipelineState, splits: list[str]) -> dict[str, Any]:
+        """Task metrics per split, plus FLOPs per example and parameters of `state.model`."""
+        ev = self.recipe.evaluation
+        accelerator = Accelerator(cpu=not torch.cuda.is_available())
+        out: dict[str, Any] = {}
+        for split in splits:
+            out[split] = evaluate(state.model, state.data[split], self.task, state.tokenizer, ev.batch_size,
+                                  accelerator)
+        out["flops_per_example"] = flops_per_example(state.model, state.data[ev.split], state.tokenizer,
+                                                     ev.flops_examples)
+        out["parameters"] = count_parameters(state.model)
+        out["num_layers"] = state.model.num_layers
+        return out
+
+    def _state_from(self, path: Path, like: PipelineState | None) -> PipelineState:
+        model = CompressedModelForSequenceClassification.from_pretrained(path)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        raw = like.raw if like is not None else self._initial_state(0).raw
+        return PipelineState(model=model, tokenizer=tokenizer, task=self.task, raw=raw,
+                             max_length=self.recipe.data.max_length)
+
+    def report(self) -> dict[str, Any]:
+        """Write report.json: every stage, and full profiles of the baseline and final model."""
+        r = self.recipe
+        stages = [json.loads((self.stage_dir(i) / "stage.json").read_text())
+                  for i in range(len(self.resolved.stages))]
+        splits = list(dict.fromkeys([r.evaluation.split, *r.evaluation.final_splits]))
+        baseline_name = r.baseline or self.resolved.stages[0].name
+        final = self._state_from(self.stage_dir(len(stages) - 1) / "model", None)
+        final_profile = self.profile(final, splits)
+        if baseline_name == stages[-1]["name"]:
+            baseline_profile = final_profile  # a one-model recipe: nothing to compare
+        elif baseline_name == "input":
+            model, tokenizer = load_model(r.model, self.task)
+            baseline_profile = self.profile(PipelineState(
+                model=model, tokenizer=tokenizer, task=self.task, raw=final.raw, max_length=r.data.max_length
+            ), splits)
+        else:
+            baseline_profile = self.profile(self._state_from(self._stage_dirs(len(stages))[baseline_name], final),
+                                            splits)
+        report = {
+            "recipe": r.name,
+            "task": self.task.name,
+            "main_metric": self.task.main_metric,
+            "stages": [{k: s[k] for k in ("name", "strategy", "seconds", "evaluation", "info")} for s in stages],
+            "baseline": {"stage": baseline_name, **baseline_profile},
+            "final": {"stage": stages[-1]["name"], **final_profile},
+        }
+        report["summary"] = _summary(report, splits, self.task.main_metric)
+        if self.dist.is_main_process:
+            _write_json(self.run_dir / "report.json", report)
+        return report
+
+
+def _summary(report: dict[str, Any], splits: list[str], metric: str) -> dict[str, float]:
+    base, final = report["baseline"], report["final"]
+    out = {
+        "flops_speedup": base["flops_per_example"] / max(final["flops_per_example"], 1.0),
+        "parameter_ratio": final["parameters"] / base["parameters"],
+        "layers_ratio": final[splits[0]]["avg_layers"] / base[splits[0]]["avg_layers"],
+    }
+    for split in splits:
+        if base[split][metric]:
+            out[f"{split}_{metric}_retained"] = final[split][metric] / base[split][metric]
+    return out

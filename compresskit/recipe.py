@@ -1,0 +1,260 @@
+"""Recipes: YAML in, a validated pipeline description out, every error with its location.
+
+A recipe is validated whole before any stage runs: the top level against `Recipe`, each stage
+against its strategy's config, then each strategy's cross-stage checks. All problems are
+collected and raised together as one `RecipeError` (`stages[2].budget: ...`).
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from compresskit.data.tasks import KNOWN_TASKS, TaskSpec
+from compresskit.errors import RecipeError
+from compresskit.registry import StageConfig, Strategy, strategies, unknown_strategy_message
+
+RECIPE_VERSION = 1
+
+
+class DataConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    max_length: int = Field(128, ge=8, le=4096, description="tokens per example (longer are truncated)")
+    max_train_samples: int | None = Field(None, ge=1, description="shrink the train split (quick runs)")
+    max_eval_samples: int | None = Field(None, ge=1, description="shrink every evaluation split")
+
+
+class EvaluationConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    split: str = Field("validation", description="split evaluated after every stage")
+    final_splits: list[str] = Field(default_factory=lambda: ["test"],
+                                    description="extra splits evaluated for the baseline and final model")
+    batch_size: int = Field(64, ge=1)
+    flops_examples: int = Field(128, ge=1, description="examples whose executed FLOPs are counted")
+
+
+class Recipe(BaseModel):
+    """The top level of a recipe file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: Literal[1] = Field(description="recipe format version")
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    seed: int = 42
+    model: str = Field(description="packaged model name, local directory or hub name")
+    task: str | TaskSpec = Field(description="known task name, or a task mapping")
+    data: DataConfig = Field(default_factory=DataConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    baseline: str | None = Field(
+        None, description="stage whose model is the reference in the report ('input' = the recipe's "
+        "model); default: the first stage"
+    )
+    stages: list[dict[str, Any]] = Field(min_length=1)
+
+
+class ResolvedRecipe(BaseModel):
+    """A validated recipe with each stage's config object and strategy class."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    recipe: Recipe
+    stages: list[StageConfig]
+
+    def stage_names(self) -> list[str]:
+        return [s.name for s in self.stages]
+
+    def strategy(self, index: int) -> Strategy:
+        return strategies()[self.stages[index].strategy](self.stages[index])
+
+    def to_dict(self) -> dict[str, Any]:
+        data = self.recipe.model_dump(mode="json", exclude={"stages"})
+        data["stages"] = [s.model_dump(mode="json") for s in self.stages]
+        return data
+
+
+def location(loc: tuple[Any, ...], prefix: str = "") -> str:
+    out = prefix
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _pydantic_problems(err: ValidationError, root: type[BaseModel], prefix: str = "") -> list[tuple[str, str]]:
+    problems = []
+    for e in err.errors():
+        if e["type"] == "string_type" and "str" in e["loc"]:
+            continue  # the other branch of `str | Mapping`: its own errors say what is wrong
+        # drop pydantic's union-branch tags ("str", "TaskSpec") from the location
+        loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p in ("str", "TaskSpec")))
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+            model = _model_at(root, loc[:-1])
+            close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1) if model else []
+            if close:
+                msg += f"; did you mean {close[0]!r}?"
+        problems.append((location(loc, prefix), msg))
+    return problems
+
+
+def _model_at(root: type[BaseModel], path: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The pydantic model that validates the mapping at `path` (to suggest its keys)."""
+    model = root
+    for part in path:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part)
+        if field is None:
+            return None
+        options = get_args(field.annotation) or (field.annotation,)
+        nested = [a for a in options if isinstance(a, type) and issubclass(a, BaseModel)]
+        if not nested:
+            return None
+        model = nested[0]
+    return model
+
+
+def validate_recipe(raw: Any, source: str | None = None) -> ResolvedRecipe:
+    """Validate a parsed recipe; raises RecipeError listing every problem with its location."""
+    if not isinstance(raw, dict):
+        raise RecipeError([("", f"a recipe is a mapping at the top level, got {type(raw).__name__}")], source)
+    problems: list[tuple[str, str]] = []
+    try:
+        recipe = Recipe.model_validate(raw)
+    except ValidationError as err:
+        problems += _pydantic_problems(err, Recipe)
+        recipe = None
+    raw_stages = raw.get("stages")
+    stages: list[StageConfig] = []
+    if isinstance(raw_stages, list):
+        stages, stage_problems = _validate_stages(raw_stages)
+        problems += [p for p in stage_problems if p not in problems]
+    if isinstance(raw.get("task"), str) and raw["task"] not in KNOWN_TASKS:
+        close = difflib.get_close_matches(raw["task"], list(KNOWN_TASKS), n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        problems.append(("task", f"unknown task {raw['task']!r}; {hint}known: {', '.join(KNOWN_TASKS)}"))
+    if recipe is not None and len(stages) == len(raw_stages or []):
+        names = [s.name for s in stages]
+        for i, stage in enumerate(stages):
+            problems += [(f"stages[{i}].{f}" if f else f"stages[{i}]", m)
+                         for f, m in strategies()[stage.strategy](stage).check(names, i)]
+        if recipe.baseline not in (None, "input", *names):
+            problems.append(("baseline", f"no stage named {recipe.baseline!r}; stages: {names}"))
+    if problems:
+        raise RecipeError(problems, source)
+    return ResolvedRecipe(recipe=recipe, stages=stages)
+
+
+def _validate_stages(raw_stages: list[Any]) -> tuple[list[StageConfig], list[tuple[str, str]]]:
+    known = strategies()
+    stages, problems, seen = [], [], set()
+    for i, raw in enumerate(raw_stages):
+        where = f"stages[{i}]"
+        if not isinstance(raw, dict):
+            problems.append((where, f"a stage is a mapping with a `strategy` key, got {type(raw).__name__}"))
+            continue
+        name = raw.get("strategy")
+        if not isinstance(name, str):
+            problems.append((f"{where}.strategy", f"missing; known strategies: {', '.join(known)}"))
+            continue
+        if name not in known:
+            problems.append((f"{where}.strategy", unknown_strategy_message(name, list(known))))
+            continue
+        try:
+            stage = known[name].Config.model_validate(raw)
+        except ValidationError as err:
+            problems += _pydantic_problems(err, known[name].Config, where)
+            continue
+        if stage.name is None:
+            stage.name = name if name not in seen else f"{name}_{i}"
+        if stage.name in seen:
+            problems.append((f"{where}.name", f"stage name {stage.name!r} is used twice; names must be unique"))
+        seen.add(stage.name)
+        stages.append(stage)
+    return stages, problems
+
+
+# ---- files and overrides ------------------------------------------------------------------
+
+def load_yaml(path: str | Path) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError([("", f"recipe file {path} does not exist")], str(path))
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise RecipeError([(where, f"not valid YAML: {getattr(err, 'problem', err)}")], str(path)) from None
+
+
+def apply_overrides(raw: Any, overrides: list[str]) -> Any:
+    """`--set a.b=1` style overrides; `stages.NAME_OR_INDEX.key=value`; values parsed as YAML."""
+    raw = copy.deepcopy(raw)
+    problems = []
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            problems.append((f"--set {item}", "expected KEY=VALUE, e.g. data.max_train_samples=500"))
+            continue
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError:
+            parsed = value
+        parts = key.replace("[", ".").replace("]", "").split(".")
+        node = raw
+        for j, part in enumerate(parts[:-1]):
+            node, err = _step(node, part, parts[: j + 1])
+            if err:
+                problems.append((f"--set {key}", err))
+                break
+        else:
+            if isinstance(node, list):
+                node, last = node, parts[-1]
+                index, err = _list_index(node, last)
+                if err:
+                    problems.append((f"--set {key}", err))
+                else:
+                    node[index] = parsed
+            elif isinstance(node, dict):
+                node[parts[-1]] = parsed
+            else:
+                problems.append((f"--set {key}", f"{'.'.join(parts[:-1])} is not a mapping"))
+    if problems:
+        raise RecipeError(problems)
+    return raw
+
+
+def _step(node: Any, part: str, path: list[str]) -> tuple[Any, str | None]:
+    if isinstance(node, dict):
+        if part not in node or node[part] is None:
+            node[part] = {}
+        return node[part], None
+    if isinstance(node, list):
+        index, err = _list_index(node, part)
+        return (node[index], None) if err is None else (None, err)
+    return None, f"{'.'.join(path[:-1])} is not a mapping"
+
+
+def _list_index(items: list[Any], part: str) -> tuple[int, str | None]:
+    if part.lstrip("-").isdigit():
+        index = int(part)
+        if -len(items) <= index < len(items):
+            return index, None
+        return 0, f"index {index} is out of range ({len(items)} items)"
+    for i, item in enumerate(items):  # stages can be named instead of numbered
+        if isinstance(item, dict) and (item.get("name") or item.get("strategy")) == part:
+            return i, None
+    return 0, f"no stage named {part!r}"
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> ResolvedRecipe:
+    raw = apply_overrides(load_yaml(path), overrides or [])
+    return validate_recipe(raw, str(path))

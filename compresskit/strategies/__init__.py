@@ -1,0 +1,1 @@
+"""Built-in strategies: every module here registers one with `@register_strategy`."""

@@ -1,0 +1,129 @@
+"""The one training loop every strategy uses, built on accelerate.
+
+Seeded, dynamic padding, gradient accumulation, linear warm-up/decay, a tqdm bar showing the
+loss, evaluation after every epoch and the best epoch's weights restored at the end. The same
+code runs in one process or under `accelerate launch --num_processes N` (DDP; metrics gathered
+across processes). Strategies change what is optimised through `loss_fn` and `parameters`.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from pydantic import BaseModel, ConfigDict, Field
+from tqdm.auto import tqdm
+from transformers import PreTrainedTokenizerBase, get_linear_schedule_with_warmup
+
+from compresskit.data.tasks import TaskSpec
+from compresskit.evaluation.evaluate import MODEL_INPUTS, evaluate, loader
+
+log = logging.getLogger(__name__)
+
+LossFn = Callable[[torch.nn.Module, dict[str, torch.Tensor]], torch.Tensor]
+
+
+class TrainingConfig(BaseModel):
+    """Optimisation settings shared by every training stage."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    epochs: float = Field(3.0, gt=0, description="passes over the training split (fractions allowed)")
+    learning_rate: float = Field(5e-5, gt=0)
+    batch_size: int = Field(32, ge=1, description="per process, before gradient accumulation")
+    eval_batch_size: int = Field(64, ge=1)
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_ratio: float = Field(0.1, ge=0, le=1)
+    max_grad_norm: float = Field(1.0, gt=0)
+    keep_best: bool = Field(True, description="restore the epoch with the best validation metric")
+
+
+@dataclass
+class TrainResult:
+    best_metrics: dict[str, float] = field(default_factory=dict)
+    history: list[dict[str, float]] = field(default_factory=list)
+    seconds_per_epoch: float = 0.0  # training only, evaluation excluded
+
+
+def default_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    return model(**{k: v for k, v in batch.items() if k in (*MODEL_INPUTS, "labels")}).loss
+
+
+def train(
+    model: torch.nn.Module,
+    train_set: Any,
+    eval_set: Any | None,
+    task: TaskSpec,
+    tokenizer: PreTrainedTokenizerBase,
+    config: TrainingConfig,
+    seed: int = 42,
+    loss_fn: LossFn = default_loss,
+    parameters: Iterable[torch.nn.Parameter] | None = None,
+    desc: str = "train",
+) -> TrainResult:
+    """Train `model` in place; returns the per-epoch history and the best epoch's metrics."""
+    set_seed(seed)
+    accelerator = Accelerator(gradient_accumulation_steps=config.gradient_accumulation_steps, cpu=True
+                              if not torch.cuda.is_available() else False)
+    params = [p for p in (parameters if parameters is not None else model.parameters()) if p.requires_grad]
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]  # biases and LayerNorm weights
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=config.learning_rate,
+    )
+    data = loader(train_set, tokenizer, config.batch_size, shuffle=True, seed=seed)
+    steps_per_epoch = max(1, len(data) // (config.gradient_accumulation_steps * accelerator.num_processes))
+    total_steps = max(1, int(steps_per_epoch * config.epochs))
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total_steps), total_steps)
+    wrapped, optimizer, data, scheduler = accelerator.prepare(model, optimizer, data, scheduler)
+
+    result, best_state, best_score = TrainResult(), None, None
+    n_epochs = int(-(-config.epochs // 1))  # ceil: a fractional last epoch stops early
+    step, train_seconds = 0, 0.0
+    for epoch in range(n_epochs):
+        started = time.perf_counter()
+        wrapped.train()
+        bar = tqdm(data, desc=f"{desc} epoch {epoch + 1}/{n_epochs}", disable=not accelerator.is_local_main_process)
+        for batch in bar:
+            with accelerator.accumulate(wrapped):
+                loss = loss_fn(wrapped, batch)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(params, config.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+            if accelerator.sync_gradients:
+                step += 1
+                bar.set_postfix(loss=f"{loss.item():.4f}")
+            if step >= total_steps:
+                break
+        train_seconds += time.perf_counter() - started
+        record: dict[str, float] = {"epoch": epoch + 1, "loss": float(loss.item())}
+        if eval_set is not None:
+            metrics = evaluate(accelerator.unwrap_model(wrapped), eval_set, task, tokenizer,
+                               config.eval_batch_size, accelerator)
+            record.update(metrics)
+            score = metrics[task.main_metric]
+            if best_score is None or score > best_score:
+                best_score, result.best_metrics = score, metrics
+                if config.keep_best:
+                    best_state = copy.deepcopy(accelerator.unwrap_model(wrapped).state_dict())
+            log.info("%s epoch %d: %s", desc, epoch + 1, record)
+        result.history.append(record)
+        if step >= total_steps:
+            break
+    result.seconds_per_epoch = train_seconds / max(1, len(result.history))
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    accelerator.free_memory()
+    return result
