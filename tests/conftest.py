@@ -1,0 +1,110 @@
+"""Tiny random models and a small synthetic task, built offline in seconds."""
+
+from __future__ import annotations
+
+import csv
+import random
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from transformers import (
+    AutoModelForSequenceClassification,
+    BertConfig,
+    BertTokenizerFast,
+    MPNetConfig,
+    RobertaConfig,
+)
+
+POSITIVE = ["good", "great", "fine", "superb", "lovely"]
+NEGATIVE = ["bad", "awful", "poor", "dull", "boring"]
+FILLER = ["the", "movie", "film", "plot", "was", "a", "very", "and", "actors", "story", "is", "quite"]
+SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+VOCAB = SPECIAL + POSITIVE + NEGATIVE + FILLER
+
+TINY = dict(vocab_size=len(VOCAB), hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
+            intermediate_size=64, max_position_embeddings=64, num_labels=2)
+CONFIGS = {
+    "bert": lambda: BertConfig(**TINY),
+    # RoBERTa offsets positions by padding_idx + 1
+    "roberta": lambda: RobertaConfig(**{**TINY, "max_position_embeddings": 70}, pad_token_id=0),
+    "mpnet": lambda: MPNetConfig(**{**TINY, "max_position_embeddings": 70}, pad_token_id=0),
+}
+
+
+def make_tokenizer(directory: Path) -> BertTokenizerFast:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "vocab.txt").write_text("\n".join(VOCAB) + "\n")
+    tokenizer = BertTokenizerFast(vocab_file=str(directory / "vocab.txt"))
+    tokenizer.save_pretrained(directory)
+    return tokenizer
+
+
+def make_model_dir(directory: Path, backbone: str = "bert", seed: int = 0) -> Path:
+    """A stock HF sequence classifier with random weights, saved with its tokenizer."""
+    torch.manual_seed(seed)
+    model = AutoModelForSequenceClassification.from_config(CONFIGS[backbone]())
+    model.save_pretrained(directory)
+    make_tokenizer(directory)
+    return directory
+
+
+def sentence(rng: random.Random, label: int) -> str:
+    words = rng.sample(FILLER, 4) + [rng.choice(POSITIVE if label else NEGATIVE)]
+    rng.shuffle(words)
+    return " ".join(words)
+
+
+def make_task_files(directory: Path, sizes: dict[str, int] | None = None, seed: int = 0) -> dict[str, str]:
+    """csv splits of a learnable sentiment task: the label is carried by one keyword."""
+    rng = random.Random(seed)
+    directory.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for split, n in (sizes or {"train": 96, "validation": 48, "test": 48}).items():
+        path = directory / f"{split}.csv"
+        with open(path, "w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["review", "sentiment"])
+            for i in range(n):
+                label = i % 2
+                writer.writerow([sentence(rng, label), "pos" if label else "neg"])
+        files[split] = str(path)
+    return files
+
+
+def task_spec(files: dict[str, str]) -> dict:
+    return {"name": "tiny_sentiment", "source": "files", "data_files": files, "text_fields": ["review"],
+            "label_field": "sentiment", "num_labels": 2, "labels": ["neg", "pos"]}
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    return make_model_dir(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture(scope="session")
+def tiny_task(tmp_path_factory) -> dict:
+    return task_spec(make_task_files(tmp_path_factory.mktemp("tiny-task")))
+
+
+@pytest.fixture
+def tiny_recipe(tmp_path, tiny_model_dir, tiny_task):
+    """Write a two-stage fine-tune recipe on the tiny model and task; returns its path."""
+
+    def write(stages: list[dict] | None = None, **top) -> Path:
+        recipe = {
+            "version": 1, "name": "tiny", "seed": 7, "model": str(tiny_model_dir), "task": tiny_task,
+            "data": {"max_length": 16},
+            "evaluation": {"split": "validation", "final_splits": ["test"], "batch_size": 16, "flops_examples": 8},
+            "stages": stages or [
+                {"strategy": "finetune", "name": "teacher", "epochs": 2, "learning_rate": 1e-3, "batch_size": 16},
+                {"strategy": "finetune", "name": "again", "epochs": 1, "learning_rate": 5e-4, "batch_size": 16},
+            ],
+            **top,
+        }
+        path = tmp_path / "recipe.yaml"
+        path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+        return path
+
+    return write

@@ -1,0 +1,207 @@
+"""The compressed model format: every shape round-trips, dynamic inference really skips work."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification
+
+import compresskit  # noqa: F401  (registers the Auto classes)
+from compresskit.errors import ModelFormatError
+from compresskit.modeling import CompressedConfig, CompressedModelForSequenceClassification
+from tests.conftest import CONFIGS, VOCAB
+
+BACKBONES = list(CONFIGS)
+
+
+def inputs(batch: int = 5, length: int = 9, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, len(VOCAB), (batch, length), generator=g)
+    ids[:, 0] = 2
+    mask = torch.ones_like(ids)
+    for row in range(batch):  # ragged rows: padding must never leak into the result
+        cut = length - (row % 3)
+        ids[row, cut:] = 0
+        mask[row, cut:] = 0
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def compressed(backbone: str, gates: bool = False, exits: str | None = None,
+               seed: int = 0) -> CompressedModelForSequenceClassification:
+    """Layers 0, 2, 3 of 4 kept, with per-layer heads and FFN widths, optional gates / exits."""
+    torch.manual_seed(seed)
+    config = CompressedConfig.from_backbone_config(CONFIGS[backbone]())
+    config.layers = [
+        {"source": 0, "heads": [0, 2], "intermediate_size": 16, "gate": gates, "exit": exits is not None},
+        {"source": 2, "heads": [1, 2, 3], "intermediate_size": 64, "gate": gates, "exit": exits is not None},
+        {"source": 3, "heads": [0, 1, 2, 3], "intermediate_size": 40, "gate": gates},
+    ]
+    if exits:
+        config.exit_rule = {"name": exits, **({"threshold": 0.69} if exits == "entropy" else {})}
+    model = CompressedModelForSequenceClassification(config).eval()
+    if gates:  # make the gates disagree across examples so routing is exercised
+        for gate in model.gates.values():
+            torch.nn.init.normal_(gate.net[0].weight, std=2.0)
+            torch.nn.init.normal_(gate.net[2].weight, std=2.0)
+    return model
+
+
+SHAPES = [
+    pytest.param(dict(), id="pruned"),
+    pytest.param(dict(gates=True), id="gated"),
+    pytest.param(dict(exits="entropy"), id="exits-entropy"),
+    pytest.param(dict(exits="patience"), id="exits-patience"),
+    pytest.param(dict(exits="budget"), id="exits-budget"),
+    pytest.param(dict(gates=True, exits="patience_confidence"), id="gated+exits"),
+]
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_wrapping_a_stock_model_changes_nothing_and_saves_as_stock(backbone, tmp_path):
+    stock = AutoModelForSequenceClassification.from_config(CONFIGS[backbone](), attn_implementation="eager").eval()
+    expected = stock(**inputs()).logits
+    model = CompressedModelForSequenceClassification.from_backbone(stock).eval()
+    out = model(**inputs())
+    torch.testing.assert_close(out.logits, expected)
+    assert out.layers_executed.tolist() == [4.0] * 5
+    model.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["model_type"] == backbone  # a stock checkpoint any HF user can load
+    reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
+    torch.testing.assert_close(reloaded(**inputs()).logits, expected)
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_every_shape_round_trips_through_save_pretrained(backbone, shape, tmp_path):
+    model = compressed(backbone, **shape)
+    before = model(**inputs())
+    model.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["model_type"] == "compresskit"
+    for loader in (CompressedModelForSequenceClassification, AutoModelForSequenceClassification):
+        after = loader.from_pretrained(tmp_path).eval()(**inputs())
+        torch.testing.assert_close(after.logits, before.logits)
+        assert torch.equal(after.layers_executed, before.layers_executed)
+        assert torch.equal(after.exit_layer, before.exit_layer)
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_layer_shapes_follow_the_config(backbone):
+    model = compressed(backbone)
+    sizes = []
+    for layer in model.layers:
+        parts = model.adapter.parts(layer)
+        sizes.append((parts.attention.num_attention_heads, parts.qkv[0].out_features, parts.ffn_in.out_features))
+    assert sizes == [(2, 16, 16), (3, 24, 64), (4, 32, 40)]
+
+
+def test_reload_in_a_fresh_process_needs_only_the_directory(tmp_path):
+    model = compressed("mpnet", gates=True, exits="entropy")
+    model.save_pretrained(tmp_path)
+    expected = model(**inputs()).logits
+    torch.save(inputs(), tmp_path / "inputs.pt")
+    code = (
+        "import sys, torch, compresskit\n"
+        "from transformers import AutoModelForSequenceClassification as A\n"
+        "m = A.from_pretrained(sys.argv[1]).eval()\n"
+        "torch.save(m(**torch.load(sys.argv[1] + '/inputs.pt')).logits, sys.argv[1] + '/out.pt')\n"
+    )
+    subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True)
+    torch.testing.assert_close(torch.load(tmp_path / "out.pt"), expected)
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+@pytest.mark.parametrize("shape", SHAPES[1:])
+def test_routed_batch_equals_one_example_at_a_time(backbone, shape):
+    model = compressed(backbone, **shape)
+    batch = inputs(batch=7)
+    routed = model(**batch)
+    for row in range(7):
+        length = int(batch["attention_mask"][row].sum())
+        single = model(input_ids=batch["input_ids"][row:row + 1, :length],
+                       attention_mask=batch["attention_mask"][row:row + 1, :length])
+        torch.testing.assert_close(single.logits[0], routed.logits[row], atol=1e-5, rtol=1e-4)
+        assert single.layers_executed[0] == routed.layers_executed[row]
+
+
+@pytest.mark.parametrize("shape", SHAPES[1:])
+def test_routed_inference_matches_the_full_pass_with_hard_decisions(shape):
+    """The full pass (hard gates, every exit head on every example) is the reference."""
+    model = compressed("bert", **shape)
+    batch = inputs(batch=7)
+    routed = model(**batch)
+    full = model(**batch, dynamic=False)
+    for row, layer in enumerate(routed.exit_layer.tolist()):
+        expected = full.logits[row] if layer == model.num_layers else full.exit_logits[layer - 1][row]
+        torch.testing.assert_close(routed.logits[row], expected, atol=1e-5, rtol=1e-4)
+    if not model.exit_heads:
+        assert torch.equal(routed.layers_executed, full.layers_executed)
+
+
+def count_layer_rows(model) -> list[int]:
+    rows = [0] * model.num_layers
+
+    def hook(index):
+        def record(module, args, kwargs):
+            rows[index] += args[0].shape[0]
+        return record
+
+    for i, layer in enumerate(model.layers):
+        layer.register_forward_pre_hook(hook(i), with_kwargs=True)
+    return rows
+
+
+def test_skipped_layers_do_no_work_for_skipped_examples():
+    model = compressed("bert", gates=True)
+    rows = count_layer_rows(model)
+    out = model(**inputs(batch=8))
+    assert sum(rows) == out.layers_executed.sum().item()
+    assert sum(rows) < 8 * model.num_layers, "the random gates were expected to skip something"
+
+
+def test_layers_after_an_exit_are_not_executed():
+    model = compressed("bert", exits="budget")
+    model.exit_rule.k = 1
+    rows = count_layer_rows(model)
+    out = model(**inputs(batch=6))
+    assert rows == [6, 0, 0]
+    assert out.exit_layer.tolist() == [1] * 6
+    assert out.layers_executed.tolist() == [1.0] * 6
+
+
+def test_training_mode_runs_every_example_through_every_layer_and_exit_head():
+    model = compressed("bert", gates=True, exits="entropy").train()
+    out = model(**inputs(batch=4), labels=torch.tensor([0, 1, 0, 1]), output_hidden_states=True,
+                output_attentions=True)
+    assert set(out.exit_logits) == {0, 1} and set(out.gate_values) == {0, 1, 2}
+    assert len(out.hidden_states) == 4 and len(out.attentions) == 3
+    out.loss.backward()
+    assert model.gates["0"].net[0].weight.grad is not None  # gates learn through the estimator
+
+
+@pytest.mark.parametrize(
+    "layers, message",
+    [
+        ([], "at least one layer"),
+        ([{"source": 0, "heads": [], "intermediate_size": 8}], "layers[0].heads"),
+        ([{"source": 0, "heads": [0, 9], "intermediate_size": 8}], "out of range"),
+        ([{"source": 0, "heads": [0], "intermediate_size": 8, "exit": True}], "last layer"),
+        ([{"source": 0, "heads": [0], "intermediate_size": 8, "colour": 1}], "layers[0].colour"),
+    ],
+)
+def test_an_impossible_layer_spec_is_a_clear_error(layers, message):
+    config = CompressedConfig.from_backbone_config(CONFIGS["bert"]())
+    config.layers = layers
+    with pytest.raises(ModelFormatError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        CompressedModelForSequenceClassification(config)
+
+
+def test_an_unknown_exit_rule_names_the_known_ones():
+    config = CompressedConfig.from_backbone_config(CONFIGS["bert"]())
+    config.exit_rule = {"name": "vibes"}
+    with pytest.raises(ModelFormatError, match="known: budget, entropy"):
+        CompressedModelForSequenceClassification(config)
