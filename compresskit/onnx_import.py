@@ -77,7 +77,8 @@ def _check_against_onnxruntime(bert: torch.nn.Module, onnx_bytes: bytes, toleran
     import onnxruntime as ort
 
     session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
-    ids = np.array([[101, 7592, 2088, 2003, 1037, 3231, 102, 0]], dtype=np.int64)
+    vocab = bert.config.vocab_size
+    ids = np.array([[101, 7592, 2088, 2003, 1037, 3231, 102, 0]], dtype=np.int64) % vocab
     mask = (ids != 0).astype(np.int64)
     feeds = {i.name: (ids if i.name == "input_ids" else mask) for i in session.get_inputs()}
     # the token embeddings (last hidden state) are the one rank-3 output

@@ -89,12 +89,11 @@ def location(loc: tuple[Any, ...], prefix: str = "") -> str:
 def _pydantic_problems(err: ValidationError, root: type[BaseModel], prefix: str = "") -> list[tuple[str, str]]:
     problems = []
     for e in err.errors():
-        if e["type"] == "string_type" and "str" in e["loc"]:
-            continue  # the other branch of `str | Mapping`: its own errors say what is wrong
-        # drop pydantic's union-branch tags ("str", "TaskSpec") from the location
-        loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p in ("str", "TaskSpec")))
+        loc, branch = _clean_location(root, e["loc"])
+        if branch == "str" and e["type"] == "string_type":
+            continue  # the other branch of `str | mapping`: that branch's errors say what is wrong
         msg = e["msg"]
-        if e["type"] == "extra_forbidden":
+        if e["type"] == "extra_forbidden" and loc:
             msg = "unknown key"
             model = _model_at(root, loc[:-1])
             close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1) if model else []
@@ -102,6 +101,27 @@ def _pydantic_problems(err: ValidationError, root: type[BaseModel], prefix: str 
                 msg += f"; did you mean {close[0]!r}?"
         problems.append((location(loc, prefix), msg))
     return problems
+
+
+def _clean_location(root: type[BaseModel], loc: tuple[Any, ...]) -> tuple[tuple[Any, ...], str | None]:
+    """Drop pydantic's union-branch tags (`task.TaskSpec.x` -> `task.x`); return the branch too."""
+    out: list[Any] = []
+    model: type[BaseModel] | None = root
+    branch, i = None, 0
+    while i < len(loc):
+        part = loc[i]
+        out.append(part)
+        field = model.model_fields.get(part) if model is not None and isinstance(part, str) else None
+        model = None
+        if field is not None:
+            options = get_args(field.annotation)
+            if len(options) > 1 and i + 1 < len(loc):  # a union: pydantic names the branch next
+                branch = str(loc[i + 1])
+                i += 1
+            nested = [a for a in options or (field.annotation,) if isinstance(a, type) and issubclass(a, BaseModel)]
+            model = nested[0] if nested else None
+        i += 1
+    return tuple(out), branch
 
 
 def _model_at(root: type[BaseModel], path: tuple[Any, ...]) -> type[BaseModel] | None:

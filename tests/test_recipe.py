@@ -1,0 +1,156 @@
+"""Recipe validation: every problem found at once, each with its location; overrides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from compresskit.errors import RecipeError
+from compresskit.recipe import apply_overrides, load_recipe, validate_recipe
+
+RECIPES = sorted(Path(__file__).parent.parent.joinpath("recipes").glob("*.yaml"))
+
+
+def good() -> dict:
+    return {
+        "version": 1, "name": "ok", "model": "minilm-l6", "task": "rotten_tomatoes",
+        "stages": [{"strategy": "finetune", "name": "teacher", "epochs": 1}],
+    }
+
+
+def problems(raw) -> dict[str, str]:
+    with pytest.raises(RecipeError) as info:
+        validate_recipe(raw)
+    return dict(info.value.problems)
+
+
+def test_a_good_recipe_validates_with_defaults_filled_in():
+    resolved = validate_recipe(good())
+    assert resolved.stages[0].learning_rate == 5e-5
+    assert resolved.recipe.data.max_length == 128
+    assert resolved.to_dict()["stages"][0]["name"] == "teacher"
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
+def test_every_shipped_recipe_validates(path):
+    load_recipe(path)
+
+
+def test_every_problem_is_reported_at_once_with_its_location():
+    raw = good()
+    raw["version"] = 2
+    raw["data"] = {"max_train_samples": -5, "max_lenght": 64}
+    raw["stages"].append({"strategy": "finetune", "epochs": "many", "colour": "red"})
+    found = problems(raw)
+    assert set(found) == {"version", "data.max_train_samples", "data.max_lenght", "stages[1].epochs",
+                          "stages[1].colour"}
+    assert "max_length" in found["data.max_lenght"]  # the closest known key is suggested
+
+
+def test_a_misspelled_strategy_gets_the_closest_name():
+    raw = good()
+    raw["stages"][0]["strategy"] = "fintune"
+    assert "did you mean 'finetune'" in problems(raw)["stages[0].strategy"]
+
+
+def test_a_misspelled_stage_key_gets_the_closest_name():
+    raw = good()
+    raw["stages"][0]["learning_rat"] = 0.1
+    assert "learning_rate" in problems(raw)["stages[0].learning_rat"]
+
+
+def test_unknown_task_and_duplicate_stage_names_are_located():
+    raw = good()
+    raw["task"] = "rotten_tomato"
+    raw["stages"].append({"strategy": "finetune", "name": "teacher"})
+    found = problems(raw)
+    assert "did you mean 'rotten_tomatoes'" in found["task"]
+    assert "used twice" in found["stages[1].name"]
+
+
+def test_a_task_mapping_is_validated_field_by_field():
+    raw = good()
+    raw["task"] = {"name": "mine", "source": "files", "text_fields": ["a", "b", "c"], "num_labels": 0}
+    found = problems(raw)
+    assert {"task.text_fields", "task.num_labels"} <= set(found)
+
+
+def test_overrides_reach_nested_keys_and_named_stages():
+    raw = apply_overrides(good(), ["data.max_train_samples=500", "stages.teacher.epochs=0.5", "stages[0].name=t"])
+    assert raw["data"]["max_train_samples"] == 500
+    assert raw["stages"][0]["epochs"] == 0.5
+    assert raw["stages"][0]["name"] == "t"
+
+
+@pytest.mark.parametrize("override, where", [("epochs", "--set epochs"), ("stages.nope.epochs=1", "--set stages"),
+                                             ("stages.5.epochs=1", "--set stages")])
+def test_bad_overrides_are_located(override, where):
+    with pytest.raises(RecipeError) as info:
+        apply_overrides(good(), [override])
+    assert info.value.problems[0][0].startswith(where)
+
+
+def test_missing_file_and_broken_yaml_are_recipe_errors(tmp_path):
+    with pytest.raises(RecipeError, match="does not exist"):
+        load_recipe(tmp_path / "absent.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("version: 1\nstages: [\n  - oops: {\n")
+    with pytest.raises(RecipeError, match="line"):
+        load_recipe(broken)
+
+
+# ---- property: whatever is thrown at the validator, a located RecipeError comes back ----
+
+scalars = st.one_of(st.none(), st.booleans(), st.integers(-10, 10), st.floats(allow_nan=False),
+                    st.text(max_size=8), st.sampled_from(["finetune", "fintune", "validation", "minilm-l6"]))
+values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=3),
+                                                       st.dictionaries(st.text(max_size=6), inner, max_size=3)),
+                      max_leaves=8)
+KEYS = ["version", "name", "seed", "model", "task", "data", "evaluation", "baseline", "stages"]
+STAGE_KEYS = ["strategy", "name", "epochs", "learning_rate", "batch_size", "budget", "colour"]
+
+
+@st.composite
+def malformed_recipes(draw):
+    raw = good()
+    for key in draw(st.lists(st.sampled_from(KEYS), max_size=3)):
+        raw[key] = draw(values)
+    if isinstance(raw.get("stages"), list):
+        for stage in raw["stages"]:
+            if isinstance(stage, dict):
+                for key in draw(st.lists(st.sampled_from(STAGE_KEYS), max_size=3)):
+                    stage[key] = draw(values)
+    if draw(st.booleans()):
+        raw[draw(st.text(min_size=1, max_size=6))] = draw(values)
+    return raw
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(malformed_recipes())
+def test_malformed_recipes_give_located_errors_and_never_crash(raw):
+    try:
+        validate_recipe(raw)
+    except RecipeError as err:
+        assert err.problems, "a RecipeError must carry at least one problem"
+        for loc, msg in err.problems:
+            assert msg
+            keys = [str(k) for k in raw] + KEYS
+            assert any(loc == k or loc.startswith((k + ".", k + "[")) for k in keys), (
+                f"location {loc!r} does not point into the recipe")
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.text(max_size=40))
+def test_any_yaml_text_is_valid_or_a_recipe_error(tmp_path_factory, text):
+    path = tmp_path_factory.mktemp("y") / "r.yaml"
+    path.write_text(text)
+    try:
+        load_recipe(path)
+    except RecipeError:
+        pass
+    else:
+        assert isinstance(yaml.safe_load(text), dict)
