@@ -70,7 +70,7 @@ def main(debug: bool) -> None:
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a recipe value, e.g. data.max_train_samples=500 or stages.teacher.epochs=1.")
 @click.option("--num-processes", type=int, default=1, show_default=True,
-              help="Train with N processes (accelerate launch --cpu under the hood).")
+              help="Train with N data-parallel processes (DDP through accelerate, launched with torchrun).")
 @handle_errors
 def apply(recipe: str, output_dir: str | None, overrides: tuple[str, ...], num_processes: int) -> None:
     """Run RECIPE; rerunning resumes after the last finished stage."""
@@ -95,9 +95,10 @@ def _relaunch(num_processes: int) -> None:
         del args[i:i + 2]
     else:
         args = [a for a in args if not a.startswith("--num-processes=")]
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(num_processes),
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--cpu",
-           "-m", "compresskit", *args]
+    # torchrun spawns the processes; accelerate (PartialState/Accelerator) then sees LOCAL_RANK and
+    # runs them as one DDP job (gloo on CPU). `accelerate launch --cpu` alone needs MPI for this.
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+           str(num_processes), "-m", "compresskit", *args]
     log.info("launching %d processes: %s", num_processes, " ".join(cmd))
     sys.exit(subprocess.call(cmd))
 

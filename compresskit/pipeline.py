@@ -157,11 +157,17 @@ class Pipeline:
         })
 
     def _attach_log_file(self) -> logging.Handler | None:
+        """run.log gets INFO and above whatever the caller's logging setup shows on screen."""
         if not self.dist.is_main_process:
             return None
         handler = logging.FileHandler(self.run_dir / "run.log")
+        handler.setLevel(logging.INFO)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        logging.getLogger("compresskit").addHandler(handler)
+        logger = logging.getLogger("compresskit")
+        handler.previous_level = logger.level  # type: ignore[attr-defined]
+        if logger.getEffectiveLevel() > logging.INFO:
+            logger.setLevel(logging.INFO)
+        logger.addHandler(handler)
         return handler
 
     # ---- running ---------------------------------------------------------------------------
@@ -176,7 +182,9 @@ class Pipeline:
             return self._run(done)
         finally:
             if handler is not None:
-                logging.getLogger("compresskit").removeHandler(handler)
+                logger = logging.getLogger("compresskit")
+                logger.removeHandler(handler)
+                logger.setLevel(handler.previous_level)  # type: ignore[attr-defined]
                 handler.close()
 
     def _run(self, done: int) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import random
 from pathlib import Path
 
@@ -16,6 +17,11 @@ from transformers import (
     MPNetConfig,
     RobertaConfig,
 )
+
+# Tiny models gain nothing from threads, and one thread per test process keeps a shared
+# 2-core machine from thrashing (subprocesses inherit the variable).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(1)
 
 POSITIVE = ["good", "great", "fine", "superb", "lovely"]
 NEGATIVE = ["bad", "awful", "poor", "dull", "boring"]

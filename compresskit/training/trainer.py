@@ -81,10 +81,13 @@ def train(
         lr=config.learning_rate,
     )
     data = loader(train_set, tokenizer, config.batch_size, shuffle=True, seed=seed)
-    steps_per_epoch = max(1, len(data) // (config.gradient_accumulation_steps * accelerator.num_processes))
-    total_steps = max(1, int(steps_per_epoch * config.epochs))
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total_steps), total_steps)
+    # accelerate steps a prepared scheduler once per process per optimizer step, so the schedule
+    # is laid out in single-process steps; the loop itself counts this process's steps.
+    schedule_steps = max(1, int(len(data) // config.gradient_accumulation_steps * config.epochs))
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * schedule_steps),
+                                                schedule_steps)
     wrapped, optimizer, data, scheduler = accelerator.prepare(model, optimizer, data, scheduler)
+    total_steps = max(1, int(len(data) // config.gradient_accumulation_steps * config.epochs))
 
     result, best_state, best_score = TrainResult(), None, None
     n_epochs = int(-(-config.epochs // 1))  # ceil: a fractional last epoch stops early

@@ -1,0 +1,128 @@
+"""The pipeline: runs stages, reports, resumes after a kill, reruns what changed, never half-writes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import multiprocessing
+import time
+from pathlib import Path
+
+import pytest
+
+from compresskit.errors import RecipeError
+from compresskit.pipeline import Pipeline
+from compresskit.recipe import load_recipe
+from compresskit.registry import register_strategy
+from compresskit.strategies.finetune import FinetuneStrategy
+from compresskit.training.trainer import TrainingConfig, default_loss, train
+
+
+def run(recipe: Path, run_dir: Path, overrides: list[str] | None = None) -> dict:
+    return Pipeline(load_recipe(recipe, overrides), run_dir).run()
+
+
+def stage_mtimes(run_dir: Path) -> dict[str, float]:
+    return {p.name: (p / "stage.json").stat().st_mtime for p in sorted((run_dir / "stages").iterdir())
+            if not p.name.startswith(".")}
+
+
+def test_a_recipe_trains_evaluates_and_reports(tiny_recipe, tmp_path):
+    recipe = tiny_recipe([{"strategy": "finetune", "name": "teacher", "epochs": 6, "learning_rate": 2e-3,
+                           "batch_size": 8}])
+    report = run(recipe, tmp_path / "run")
+    stage = report["stages"][0]
+    assert stage["name"] == "teacher" and stage["strategy"] == "finetune" and stage["seconds"] > 0
+    # the keyword task is learnable: a real fine-tune gets well past chance
+    assert stage["evaluation"]["validation"]["accuracy"] >= 0.9
+    for model in ("baseline", "final"):
+        profile = report[model]
+        assert {"validation", "test"} <= set(profile)
+        assert profile["validation"]["avg_layers"] == 4.0
+        assert profile["flops_per_example"] > 0 and profile["parameters"] > 0
+    files = {p.name for p in (tmp_path / "run").iterdir()}
+    assert {"recipe.yaml", "environment.json", "run.log", "report.json", "progress.json", "stages"} <= files
+    env = json.loads((tmp_path / "run" / "environment.json").read_text())
+    assert env["seed"] == 7 and env["packages"]["torch"].startswith("2.")
+
+
+def test_rerun_reuses_finished_stages_and_a_changed_stage_reruns_with_the_ones_after(tiny_recipe, tmp_path):
+    recipe, run_dir = tiny_recipe(), tmp_path / "run"
+    first = run(recipe, run_dir)
+    before = stage_mtimes(run_dir)
+    again = run(recipe, run_dir)
+    assert stage_mtimes(run_dir) == before  # nothing retrained
+    assert again["final"]["test"] == first["final"]["test"]
+    run(recipe, run_dir, ["stages.again.learning_rate=1e-4"])
+    after = stage_mtimes(run_dir)
+    assert after["00-teacher"] == before["00-teacher"]
+    assert after["01-again"] != before["01-again"]
+
+
+def test_a_broken_recipe_is_rejected_before_any_stage_runs(tiny_recipe, tmp_path):
+    recipe = tiny_recipe([{"strategy": "finetune", "name": "a", "epochs": 1},
+                          {"strategy": "finetune", "name": "b", "epoch": 1}])
+    with pytest.raises(RecipeError, match=r"stages\[1\].epoch"):
+        run(recipe, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+@register_strategy
+class PausingFinetune(FinetuneStrategy):
+    """A fine-tune that, when told to, stops mid-training and waits to be killed."""
+
+    name = "pausing_finetune"
+    pause_at_step: int | None = None  # set in the child process that is going to be killed
+
+    def apply(self, state, ctx):
+        if self.pause_at_step is None:
+            return super().apply(state, ctx)
+        steps = 0
+
+        def loss_then_pause(model, batch):
+            nonlocal steps
+            steps += 1
+            if steps == self.pause_at_step:
+                (ctx.run_dir / "paused").write_text(str(steps))
+                time.sleep(600)
+            return default_loss(model, batch)
+
+        settings = TrainingConfig(**{k: getattr(self.config, k) for k in TrainingConfig.model_fields})
+        train(state.model, state.data["train"], None, state.task, state.tokenizer, settings, ctx.seed,
+              loss_then_pause)
+        return state
+
+
+def run_and_pause(recipe: Path, run_dir: Path) -> None:
+    PausingFinetune.pause_at_step = 5
+    run(recipe, run_dir)
+
+
+def test_a_run_killed_in_its_second_stage_resumes_there_and_ends_the_same(tiny_recipe, tmp_path):
+    recipe = tiny_recipe([
+        {"strategy": "finetune", "name": "teacher", "epochs": 2, "learning_rate": 1e-3, "batch_size": 16},
+        {"strategy": "pausing_finetune", "name": "recover", "epochs": 2, "learning_rate": 5e-4, "batch_size": 8},
+    ])
+    killed, clean = tmp_path / "killed", tmp_path / "clean"
+    child = multiprocessing.get_context("fork").Process(target=run_and_pause, args=(recipe, killed))
+    child.start()
+    deadline = time.time() + 300
+    while not (killed / "paused").exists():
+        assert child.is_alive() and time.time() < deadline, "the run never reached its second stage"
+        time.sleep(0.1)
+    progress = json.loads((killed / "progress.json").read_text())
+    assert progress == {**progress, "stage": 1, "status": "running"}
+    os.kill(child.pid, signal.SIGKILL)
+    child.join()
+    assert [p.name for p in (killed / "stages").iterdir() if not p.name.startswith(".")] == ["00-teacher"]
+    teacher_written = stage_mtimes(killed)["00-teacher"]
+
+    resumed = run(recipe, killed)
+    assert stage_mtimes(killed)["00-teacher"] == teacher_written  # resumed, not redone
+    assert "resuming: 1 of 2 stages already finished" in (killed / "run.log").read_text()
+    assert not any(p.name.startswith(".tmp") for p in (killed / "stages").iterdir())
+
+    uninterrupted = run(recipe, clean)
+    assert resumed["final"]["test"] == uninterrupted["final"]["test"]
+    assert resumed["final"]["validation"] == uninterrupted["final"]["validation"]
