@@ -154,3 +154,28 @@ def test_any_yaml_text_is_valid_or_a_recipe_error(tmp_path_factory, text):
         pass
     else:
         assert isinstance(yaml.safe_load(text), dict)
+
+
+def example_stages() -> list:
+    from compresskit.registry import strategies
+
+    out = []
+    for name, cls in strategies().items():
+        doc = cls.__doc__ or ""
+        assert "Example stage::" in doc, f"strategy {name!r} has no example stage in its docstring"
+        out.append(pytest.param(yaml.safe_load(doc.split("Example stage::", 1)[1]), id=name))
+    return out
+
+
+@pytest.mark.parametrize("stages", example_stages())
+def test_each_strategy_docstring_example_is_a_valid_stage(stages):
+    raw = good()
+    raw["stages"] = stages
+    validate_recipe(raw)
+
+
+def test_the_recipe_reference_is_in_sync_with_the_schema():
+    from compresskit.docs_gen import render
+
+    path = Path(__file__).parent.parent / "docs" / "recipe-reference.md"
+    assert path.read_text() == render(), "regenerate: python -m compresskit.docs_gen > docs/recipe-reference.md"
