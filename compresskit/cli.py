@@ -89,12 +89,14 @@ def apply(recipe: str, output_dir: str | None, overrides: tuple[str, ...], num_p
 
 
 def _relaunch(num_processes: int) -> None:
-    args = [a for a in sys.argv[1:]]
-    i = args.index("--num-processes") if "--num-processes" in args else None
-    if i is not None:
-        del args[i:i + 2]
-    else:
-        args = [a for a in args if not a.startswith("--num-processes=")]
+    args, skip = [], False
+    for arg in sys.argv[1:]:  # the same command minus --num-processes, run once per process
+        if skip or arg.startswith("--num-processes="):
+            skip = False
+            continue
+        skip = arg == "--num-processes"
+        if not skip:
+            args.append(arg)
     # torchrun spawns the processes; accelerate (PartialState/Accelerator) then sees LOCAL_RANK and
     # runs them as one DDP job (gloo on CPU). `accelerate launch --cpu` alone needs MPI for this.
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",

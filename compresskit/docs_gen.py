@@ -15,7 +15,6 @@ from compresskit.data.tasks import KNOWN_TASKS, TaskSpec
 from compresskit.recipe import DataConfig, EvaluationConfig, Recipe
 from compresskit.registry import StageConfig, strategies
 
-
 SYMBOLS = {"gt": ">", "ge": ">=", "lt": "<", "le": "<=", "min_length": "min length", "max_length": "max length",
            "pattern": "matches"}
 

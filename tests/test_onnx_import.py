@@ -35,8 +35,8 @@ def test_onnx_export_converts_back_to_the_same_bert(tmp_path):
     ids = torch.tensor([[101, 7, 8, 9, 102, 0]])
     mask = (ids != 0).long()
     buffer = io.BytesIO()
-    torch.onnx.export(SentenceTransformerLike(bert).eval(), (ids, mask), buffer, input_names=["input_ids", "attention_mask"],
-                      output_names=["token_embeddings"], dynamo=False,
+    torch.onnx.export(SentenceTransformerLike(bert).eval(), (ids, mask), buffer,
+                      input_names=["input_ids", "attention_mask"], output_names=["token_embeddings"], dynamo=False,
                       dynamic_axes={"input_ids": {0: "b", 1: "t"}, "attention_mask": {0: "b", 1: "t"}})
     bert.eval()  # export restores the wrapper's (training) mode on every submodule
     bert_from_onnx(buffer.getvalue(), tmp_path)  # raises if it disagrees with onnxruntime

@@ -44,7 +44,7 @@ def predict(model: torch.nn.Module, dataset: Any, tokenizer: PreTrainedTokenizer
         batch_out = (out.logits.float(), batch["labels"], executed.float())
         if accelerator is not None:
             batch_out = accelerator.gather_for_metrics(batch_out)
-        for store, value in zip((logits, labels, layers), batch_out):
+        for store, value in zip((logits, labels, layers), batch_out, strict=True):
             store.append(value.cpu())
     model.train(was_training)
     return {"logits": torch.cat(logits).numpy(), "labels": torch.cat(labels).numpy(),

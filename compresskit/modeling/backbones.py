@@ -66,7 +66,7 @@ class BackboneAdapter:
         head_size = att.attention_head_size
         hidden = parts.attention_out.out_features
         width = num_heads * head_size
-        for name, old in zip(self._qkv_names(), parts.qkv):
+        for name, old in zip(self._qkv_names(), parts.qkv, strict=True):
             setattr(att, name, nn.Linear(hidden, width, bias=old.bias is not None))
         self._set_attention_out(layer, nn.Linear(width, hidden))
         att.num_attention_heads = num_heads

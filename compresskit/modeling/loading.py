@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
@@ -10,6 +11,8 @@ from compresskit import assets
 from compresskit.data.tasks import TaskSpec
 from compresskit.errors import CompressKitError
 from compresskit.modeling.model import CompressedModelForSequenceClassification
+
+log = logging.getLogger(__name__)
 
 
 def resolve_model_path(name: str) -> str:
@@ -38,6 +41,9 @@ def load_model(name: str, task: TaskSpec | None = None
                 f"model {name!r} has a {config.num_labels}-label head but task {task.name!r} has "
                 f"{task.num_labels} labels; start from the encoder without a head or a matching model"
             )
+        if not has_head and config.model_type != "compresskit":
+            log.warning("model %r has no classification head: a fresh one is initialised (train it with "
+                        "a finetune stage before trusting its predictions)", name)
         if config.model_type != "compresskit":
             labels = task.labels or [str(i) for i in range(task.num_labels)]
             kwargs = {"num_labels": task.num_labels, "id2label": dict(enumerate(labels)),

@@ -60,7 +60,7 @@ class CompressedModelForSequenceClassification(PreTrainedModel):
         backbone.apply(lambda m: setattr(m, "_is_hf_initialized", True))
         self.backbone = backbone
         full_heads = list(range(config.backbone["num_attention_heads"]))
-        for layer, spec in zip(self.adapter.layers(backbone), specs):
+        for layer, spec in zip(self.adapter.layers(backbone), specs, strict=True):
             # a plain attribute, not a buffer: it is rebuilt from the config, never loaded
             layer.kept_heads = None if spec.heads == full_heads else torch.tensor(spec.heads)
         hidden = config.backbone["hidden_size"]
@@ -81,7 +81,7 @@ class CompressedModelForSequenceClassification(PreTrainedModel):
     def _shape_layers(self, backbone: PreTrainedModel, specs: list) -> None:
         n_heads = self.config.backbone["num_attention_heads"]
         width = self.config.backbone["intermediate_size"]
-        for layer, spec in zip(self.adapter.layers(backbone), specs):
+        for layer, spec in zip(self.adapter.layers(backbone), specs, strict=True):
             if len(spec.heads) != n_heads or spec.intermediate_size != width:
                 self.adapter.resize_layer(layer, len(spec.heads), spec.intermediate_size)
 

@@ -71,8 +71,8 @@ def train(
 ) -> TrainResult:
     """Train `model` in place; returns the per-epoch history and the best epoch's metrics."""
     set_seed(seed)
-    accelerator = Accelerator(gradient_accumulation_steps=config.gradient_accumulation_steps, cpu=True
-                              if not torch.cuda.is_available() else False)
+    accelerator = Accelerator(gradient_accumulation_steps=config.gradient_accumulation_steps,
+                              cpu=not torch.cuda.is_available())
     params = [p for p in (parameters if parameters is not None else model.parameters()) if p.requires_grad]
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]  # biases and LayerNorm weights
