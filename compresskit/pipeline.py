@@ -38,7 +38,7 @@ from compresskit.data.loading import load_splits, resolve_task, tokenize
 from compresskit.data.tasks import TaskSpec
 from compresskit.errors import CompressKitError
 from compresskit.evaluation.evaluate import count_parameters, evaluate, flops_per_example
-from compresskit.modeling.loading import load_model
+from compresskit.modeling.loading import load_model, resolve_model_path
 from compresskit.modeling.model import CompressedModelForSequenceClassification
 from compresskit.recipe import ResolvedRecipe
 
@@ -200,20 +200,19 @@ class Pipeline:
         return report
 
     def _stage_dirs(self, upto: int) -> dict[str, Path]:
-        dirs = {"input": Path(self._input_path())}
+        dirs = {"input": Path(resolve_model_path(self.recipe.model))}
         dirs.update({self.resolved.stages[i].name: self.stage_dir(i) / "model" for i in range(upto)})
         return dirs
 
-    def _input_path(self) -> str:
-        from compresskit.modeling.loading import resolve_model_path
-
-        return resolve_model_path(self.recipe.model)
+    def _load_raw(self) -> datasets.DatasetDict:
+        r = self.recipe
+        splits = dict.fromkeys(["train", r.evaluation.split, *r.evaluation.final_splits])
+        return load_splits(self.task, list(splits), seed=r.seed, max_train_samples=r.data.max_train_samples,
+                           max_eval_samples=r.data.max_eval_samples)
 
     def _initial_state(self, done: int) -> PipelineState:
         r = self.recipe
-        splits = ["train", r.evaluation.split, *[s for s in r.evaluation.final_splits if s != r.evaluation.split]]
-        raw = load_splits(self.task, list(dict.fromkeys(splits)), seed=r.seed,
-                          max_train_samples=r.data.max_train_samples, max_eval_samples=r.data.max_eval_samples)
+        raw = self._load_raw()
         if done:
             path = self.stage_dir(done - 1) / "model"
             model = CompressedModelForSequenceClassification.from_pretrained(path)
@@ -274,7 +273,7 @@ class Pipeline:
     def _state_from(self, path: Path, like: PipelineState | None) -> PipelineState:
         model = CompressedModelForSequenceClassification.from_pretrained(path)
         tokenizer = AutoTokenizer.from_pretrained(path)
-        raw = like.raw if like is not None else self._initial_state(0).raw
+        raw = like.raw if like is not None else self._load_raw()
         return PipelineState(model=model, tokenizer=tokenizer, task=self.task, raw=raw,
                              max_length=self.recipe.data.max_length)
 
