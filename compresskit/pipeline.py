@@ -256,25 +256,29 @@ class Pipeline:
         return state
 
     # ---- evaluation and report -------------------------------------------------------------
-    def profile(self, state: PipelineState, splits: list[str]) -> dict[str, Any]:
-        """Task metrics per split, plus FLOPs per example and parameters of `state.model`."""
+    def profile(self, state: PipelineState, splits: list[str], known: dict[str, Any] | None = None
+                ) -> dict[str, Any]:
+        """Task metrics per split, FLOPs per example and parameters of `state.model`.
+
+        `known` is an earlier profile of the same model (a stage's); what it has is not recomputed.
+        """
         ev = self.recipe.evaluation
+        out: dict[str, Any] = dict(known or {})
         accelerator = Accelerator(cpu=not torch.cuda.is_available())
-        out: dict[str, Any] = {}
         for split in splits:
-            out[split] = evaluate(state.model, state.data[split], self.task, state.tokenizer, ev.batch_size,
-                                  accelerator)
-        out["flops_per_example"] = flops_per_example(state.model, state.data[ev.split], state.tokenizer,
-                                                     ev.flops_examples)
+            if split not in out:
+                out[split] = evaluate(state.model, state.data[split], self.task, state.tokenizer, ev.batch_size,
+                                      accelerator)
+        if "flops_per_example" not in out:
+            out["flops_per_example"] = flops_per_example(state.model, state.data[ev.split], state.tokenizer,
+                                                         ev.flops_examples)
         out["parameters"] = count_parameters(state.model)
         out["num_layers"] = state.model.num_layers
         return out
 
-    def _state_from(self, path: Path, like: PipelineState | None) -> PipelineState:
-        model = CompressedModelForSequenceClassification.from_pretrained(path)
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        raw = like.raw if like is not None else self._load_raw()
-        return PipelineState(model=model, tokenizer=tokenizer, task=self.task, raw=raw,
+    def _state_from(self, path: Path, raw: datasets.DatasetDict) -> PipelineState:
+        return PipelineState(model=CompressedModelForSequenceClassification.from_pretrained(path),
+                             tokenizer=AutoTokenizer.from_pretrained(path), task=self.task, raw=raw,
                              max_length=self.recipe.data.max_length)
 
     def report(self) -> dict[str, Any]:
@@ -282,20 +286,24 @@ class Pipeline:
         r = self.recipe
         stages = [json.loads((self.stage_dir(i) / "stage.json").read_text())
                   for i in range(len(self.resolved.stages))]
+        by_name = {s["name"]: (i, s) for i, s in enumerate(stages)}
         splits = list(dict.fromkeys([r.evaluation.split, *r.evaluation.final_splits]))
-        baseline_name = r.baseline or self.resolved.stages[0].name
-        final = self._state_from(self.stage_dir(len(stages) - 1) / "model", None)
-        final_profile = self.profile(final, splits)
+        raw = self._load_raw()
+
+        def stage_profile(name: str) -> dict[str, Any]:
+            index, meta = by_name[name]
+            return self.profile(self._state_from(self.stage_dir(index) / "model", raw), splits, meta["evaluation"])
+
+        final_profile = stage_profile(stages[-1]["name"])
+        baseline_name = r.baseline or stages[0]["name"]
         if baseline_name == stages[-1]["name"]:
             baseline_profile = final_profile  # a one-model recipe: nothing to compare
         elif baseline_name == "input":
             model, tokenizer = load_model(r.model, self.task)
-            baseline_profile = self.profile(PipelineState(
-                model=model, tokenizer=tokenizer, task=self.task, raw=final.raw, max_length=r.data.max_length
-            ), splits)
+            baseline_profile = self.profile(PipelineState(model=model, tokenizer=tokenizer, task=self.task, raw=raw,
+                                                          max_length=r.data.max_length), splits)
         else:
-            baseline_profile = self.profile(self._state_from(self._stage_dirs(len(stages))[baseline_name], final),
-                                            splits)
+            baseline_profile = stage_profile(baseline_name)
         report = {
             "recipe": r.name,
             "task": self.task.name,

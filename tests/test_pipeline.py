@@ -126,3 +126,13 @@ def test_a_run_killed_in_its_second_stage_resumes_there_and_ends_the_same(tiny_r
     uninterrupted = run(recipe, clean)
     assert resumed["final"]["test"] == uninterrupted["final"]["test"]
     assert resumed["final"]["validation"] == uninterrupted["final"]["validation"]
+
+
+def test_the_report_compares_the_final_model_with_the_chosen_baseline(tiny_recipe, tmp_path):
+    recipe = tiny_recipe(baseline="input")
+    report = run(recipe, tmp_path / "run")
+    assert report["baseline"]["stage"] == "input" and report["final"]["stage"] == "again"
+    # the input model has an untrained head; the fine-tuned one must beat it by a margin
+    retained = report["summary"]["validation_accuracy_retained"]
+    assert retained == report["final"]["validation"]["accuracy"] / report["baseline"]["validation"]["accuracy"]
+    assert report["summary"]["flops_speedup"] == 1.0 and report["summary"]["parameter_ratio"] == 1.0
