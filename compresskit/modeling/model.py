@@ -42,6 +42,7 @@ class CompressedOutput(ModelOutput):
     gate_values: dict[int, torch.Tensor] | None = None  # layer -> (batch,) gate used (0..1)
     exit_logits: dict[int, torch.Tensor] | None = None  # layer -> (batch, labels) (full pass)
     layers_executed: torch.Tensor | None = None  # (batch,) transformer layers run per example
+    layer_mask: torch.Tensor | None = None  # (batch, layers) bool: which layers ran for each example
     exit_layer: torch.Tensor | None = None  # (batch,) 1-based layer each example left after
 
 
@@ -180,9 +181,10 @@ class CompressedModelForSequenceClassification(PreTrainedModel):
             if str(i) in self.exit_heads:
                 exit_logits[i] = self.exit_heads[str(i)](hidden)
         batch = hidden.shape[0]
-        executed = torch.full((batch,), float(self.num_layers), device=hidden.device)
-        if gate_values:
-            executed = executed - sum((1 - g.detach()) for g in gate_values.values())
+        layer_mask = torch.ones(batch, self.num_layers, dtype=torch.bool, device=hidden.device)
+        for i, g in gate_values.items():
+            layer_mask[:, i] = g.detach() > 0.5
+        executed = layer_mask.sum(1).to(hidden.dtype)
         return CompressedOutput(
             logits=self.adapter.head(self.backbone, hidden),
             hidden_states=tuple(states) if output_hidden_states else None,
@@ -191,6 +193,7 @@ class CompressedModelForSequenceClassification(PreTrainedModel):
             gate_values=gate_values or None,
             exit_logits=exit_logits or None,
             layers_executed=executed,
+            layer_mask=layer_mask,
             exit_layer=torch.full((batch,), self.num_layers, device=hidden.device),
         )
 
@@ -201,7 +204,7 @@ class CompressedModelForSequenceClassification(PreTrainedModel):
         hidden = hidden.clone()
         active = torch.arange(batch, device=device)  # examples that have not exited
         logits_out = torch.zeros(batch, max(self.config.num_labels, 1), device=device, dtype=hidden.dtype)
-        executed = torch.zeros(batch, device=device)
+        layer_mask = torch.zeros(batch, self.num_layers, dtype=torch.bool, device=device)
         exit_layer = torch.full((batch,), self.num_layers, device=device)
         state = self.exit_rule.init_state(batch, device) if self.exit_rule is not None else {}
         last = self.num_layers - 1
@@ -212,7 +215,7 @@ class CompressedModelForSequenceClassification(PreTrainedModel):
                 rows = rows[gate_logits[:, 1] > gate_logits[:, 0]]
             if rows.numel():
                 hidden[rows], _ = self.adapter.run_layer(layer, hidden[rows], additive[rows], bias, False)
-                executed[rows] += 1
+                layer_mask[rows, i] = True
             if i < last and str(i) in self.exit_heads and self.exit_rule is not None:
                 exit_logits = self.exit_heads[str(i)](hidden[active])
                 leave = self.exit_rule.should_exit(i, exit_logits, hidden[active], active, state)
@@ -223,7 +226,8 @@ class CompressedModelForSequenceClassification(PreTrainedModel):
                     break
         if active.numel():
             logits_out[active] = self.adapter.head(self.backbone, hidden[active])
-        return CompressedOutput(logits=logits_out, layers_executed=executed, exit_layer=exit_layer)
+        return CompressedOutput(logits=logits_out, layers_executed=layer_mask.sum(1).to(hidden.dtype),
+                                layer_mask=layer_mask, exit_layer=exit_layer)
 
 
 def register_auto_classes() -> None:
@@ -232,3 +236,18 @@ def register_auto_classes() -> None:
     AutoModelForSequenceClassification.register(
         CompressedConfig, CompressedModelForSequenceClassification, exist_ok=True
     )
+
+
+def restructure(model: CompressedModelForSequenceClassification, config: CompressedConfig
+                ) -> CompressedModelForSequenceClassification:
+    """A model of structure `config` with every weight of `model` whose name and shape still fit.
+
+    For adding modules (gates, exit heads) to a model: new modules keep their fresh init. Layer
+    weights are matched by position, so it is not the tool for dropping layers.
+    """
+    new = CompressedModelForSequenceClassification(config)
+    target = new.state_dict()
+    carried = {k: v for k, v in model.state_dict().items() if k in target and target[k].shape == v.shape}
+    new.load_state_dict(carried, strict=False)
+    new.train(model.training)
+    return new

@@ -28,6 +28,8 @@ from compresskit.evaluation.evaluate import MODEL_INPUTS, evaluate, loader
 log = logging.getLogger(__name__)
 
 LossFn = Callable[[torch.nn.Module, dict[str, torch.Tensor]], torch.Tensor]
+# parameters to train: a flat list, or optimizer groups ({"params": [...], "lr": ...})
+Parameters = Iterable[torch.nn.Parameter] | list[dict[str, Any]]
 
 
 class TrainingConfig(BaseModel):
@@ -53,6 +55,21 @@ class TrainResult:
     seconds_per_epoch: float = 0.0  # training only, evaluation excluded
 
 
+def _param_groups(model: torch.nn.Module, parameters: Parameters | None, config: TrainingConfig
+                  ) -> list[dict[str, Any]]:
+    """AdamW groups: no weight decay on biases and norms; per-group learning rates kept."""
+    groups = [{"params": list(model.parameters())}] if parameters is None else list(parameters)
+    if groups and isinstance(groups[0], torch.nn.Parameter):
+        groups = [{"params": groups}]
+    out = []
+    for group in groups:
+        params = [p for p in group["params"] if p.requires_grad]
+        extra = {k: v for k, v in group.items() if k != "params"}
+        out.append({**extra, "params": [p for p in params if p.ndim >= 2], "weight_decay": config.weight_decay})
+        out.append({**extra, "params": [p for p in params if p.ndim < 2], "weight_decay": 0.0})
+    return [g for g in out if g["params"]]
+
+
 def default_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return model(**{k: v for k, v in batch.items() if k in (*MODEL_INPUTS, "labels")}).loss
 
@@ -66,20 +83,15 @@ def train(
     config: TrainingConfig,
     seed: int = 42,
     loss_fn: LossFn = default_loss,
-    parameters: Iterable[torch.nn.Parameter] | None = None,
+    parameters: Parameters | None = None,
     desc: str = "train",
 ) -> TrainResult:
     """Train `model` in place; returns the per-epoch history and the best epoch's metrics."""
     set_seed(seed)
     accelerator = Accelerator(gradient_accumulation_steps=config.gradient_accumulation_steps,
                               cpu=not torch.cuda.is_available())
-    params = [p for p in (parameters if parameters is not None else model.parameters()) if p.requires_grad]
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]  # biases and LayerNorm weights
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=config.learning_rate,
-    )
+    optimizer = torch.optim.AdamW(_param_groups(model, parameters, config), lr=config.learning_rate)
+    params = [p for group in optimizer.param_groups for p in group["params"]]
     data = loader(train_set, tokenizer, config.batch_size, shuffle=True, seed=seed)
     # accelerate steps a prepared scheduler once per process per optimizer step, so the schedule
     # is laid out in single-process steps; the loop itself counts this process's steps.

@@ -1,0 +1,171 @@
+"""`hadskip`: learned, budgeted layer skipping (Wang et al., 2023, "HadSkip").
+
+A gate before every layer decides per example whether the layer runs. Three stages:
+  I   the incoming model is the fine-tuned vanilla model f_v (or `finetune_epochs` trains it);
+  II  everything but the gates is frozen; the gates learn from the task loss alone;
+  III layers and gates train together with the budget penalty beta * (mean gate - s/L)^2 and
+      distillation from f_v, over the homotopic schedule of budgets L, L-1, ..., s.
+Choices the paper leaves open are documented in docs/strategies/hadskip.md.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import logging
+import math
+from typing import Any, ClassVar, Literal
+
+import torch
+from pydantic import Field, model_validator
+
+from compresskit.errors import CompressKitError
+from compresskit.evaluation.evaluate import MODEL_INPUTS, layer_usage, plot_layer_usage
+from compresskit.modeling.config import GateSpec
+from compresskit.modeling.model import CompressedModelForSequenceClassification, restructure
+from compresskit.pipeline import PipelineState, StageContext
+from compresskit.registry import StageConfig, Strategy, register_strategy
+from compresskit.training.distillation import attention_mse, prediction_kl, token_mse
+from compresskit.training.estimators import ESTIMATORS
+from compresskit.training.trainer import TrainingConfig, train
+
+log = logging.getLogger(__name__)
+
+
+class HadSkipConfig(StageConfig):
+    """Recipe keys of a `hadskip` stage. Defaults are the paper's where it gives one."""
+
+    budget: float | None = Field(None, gt=0, description="average layers executed per example")
+    budget_fraction: float | None = Field(None, gt=0, le=1, description="the budget as a fraction of L")
+    gate_hidden_size: int = Field(64, ge=1, description="hidden width of each gate's FFN")
+    gate_pooling: Literal["cls", "mean"] = Field("cls", description="what a gate reads of the previous layer")
+    estimator: Literal["reinmax", "ste"] = Field("reinmax", description="gradient estimator of the binary gates")
+    tau: float = Field(1.0, ge=1.0, description="ReinMax temperature (the paper's Algorithm 1: 1)")
+    beta: float = Field(1.0, ge=0, description="weight of the budget penalty")
+    finetune_epochs: float = Field(0.0, ge=0, description="stage I: fine-tune first (0: the incoming model is)")
+    gate_epochs: float = Field(1.0, ge=0, description="stage II epochs (0 skips stage II: the ablation)")
+    gate_learning_rate: float = Field(1e-3, gt=0, description="learning rate of the gates (stages II and III)")
+    homotopic: bool = Field(True, description="solve budgets L, L-1, ..., s in turn (False: s directly)")
+    epochs_per_budget: float = Field(1.0, gt=0, description="stage III epochs for each budget of the schedule")
+    learning_rate: float = Field(2e-5, gt=0, description="stage III learning rate of the layers")
+    batch_size: int = Field(32, ge=1)
+    distill: bool = Field(True, description="distil from the stage-I model in stage III")
+    alpha_prediction: float = Field(1.0, ge=0)
+    alpha_hidden: float = Field(1.0, ge=0)
+    alpha_attention: float = Field(1.0, ge=0)
+    alpha_embedding: float = Field(1.0, ge=0)
+    temperature: float = Field(1.0, gt=0, description="softening of the prediction KL")
+
+    @model_validator(mode="after")
+    def _one_budget(self) -> HadSkipConfig:
+        if (self.budget is None) == (self.budget_fraction is None):
+            raise ValueError("give exactly one of budget (layers) or budget_fraction (share of the layers)")
+        return self
+
+
+@register_strategy
+class HadSkipStrategy(Strategy):
+    """Learned per-example layer skipping under a layer budget (gates + ReinMax + homotopy + KD).
+
+    Example stage::
+
+        - strategy: hadskip
+          budget: 3
+          epochs_per_budget: 1
+    """
+
+    name = "hadskip"
+    kind = "dynamic"
+    Config: ClassVar[type[StageConfig]] = HadSkipConfig
+
+    def apply(self, state: PipelineState, ctx: StageContext) -> PipelineState:
+        cfg: HadSkipConfig = self.config  # type: ignore[assignment]
+        eval_split = ctx.recipe.recipe.evaluation.split
+        info: dict[str, Any] = {"history": {}}
+        if cfg.finetune_epochs > 0:  # stage I
+            result = train(state.model, state.data["train"], state.data[eval_split], state.task, state.tokenizer,
+                           self._training(cfg.finetune_epochs, cfg.learning_rate, keep_best=True), ctx.seed,
+                           desc=f"{ctx.name} I")
+            info["history"]["I"] = result.history
+        teacher = copy.deepcopy(state.model).eval().requires_grad_(False)
+        layers = state.model.num_layers
+        budget = cfg.budget if cfg.budget is not None else cfg.budget_fraction * layers
+        if budget > layers:
+            raise CompressKitError(f"stage {ctx.name!r}: budget {budget:g} exceeds the model's {layers} layers")
+        model = gated(state.model, cfg)
+        data = (state.data["train"], state.data[eval_split], state.task, state.tokenizer)
+
+        if cfg.gate_epochs > 0:  # stage II: gates only, task loss only
+            model.requires_grad_(False)
+            model.gates.requires_grad_(True)
+            result = train(model, *data, self._training(cfg.gate_epochs, cfg.gate_learning_rate), ctx.seed,
+                           parameters=list(model.gates.parameters()), desc=f"{ctx.name} II")
+            model.requires_grad_(True)
+            info["history"]["II"] = result.history
+
+        schedule = budget_schedule(layers, budget, cfg.homotopic)
+        groups = [{"params": [p for n, p in model.named_parameters() if not n.startswith("gates.")]},
+                  {"params": list(model.gates.parameters()), "lr": cfg.gate_learning_rate}]
+        for k in schedule:  # stage III
+            loss = functools.partial(stage3_loss, teacher=teacher if cfg.distill else None, target=k / layers,
+                                     cfg=cfg)
+            result = train(model, *data, self._training(cfg.epochs_per_budget, cfg.learning_rate), ctx.seed,
+                           loss_fn=loss, parameters=groups, desc=f"{ctx.name} III s={k:g}")
+            info["history"][f"III s={k:g}"] = result.history
+
+        usage = layer_usage(model, state.data[eval_split], state.tokenizer)
+        plot_layer_usage(usage, ctx.work_dir / "layer_usage.png", f"HadSkip, budget {budget:g} of {layers}")
+        info.update(budget=budget, schedule=schedule, layer_usage=usage)
+        log.info("%s: layers used per example %.2f (budget %g)", ctx.name,
+                 sum(i * p for i, p in enumerate(usage["histogram"])), budget)
+        state.model, state.info = model, info
+        return state
+
+    def _training(self, epochs: float, lr: float, keep_best: bool = False) -> TrainingConfig:
+        # under a budget the best-accuracy epoch may miss the budget: keep the last one
+        return TrainingConfig(epochs=epochs, learning_rate=lr, batch_size=self.config.batch_size,
+                              keep_best=keep_best)
+
+
+def gated(model: CompressedModelForSequenceClassification, cfg: HadSkipConfig
+          ) -> CompressedModelForSequenceClassification:
+    """The same model with a gate before every layer."""
+    config = copy.deepcopy(model.config)
+    config.layers = [{**spec, "gate": True} for spec in config.layers]
+    config.gate = GateSpec(hidden_size=cfg.gate_hidden_size, pooling=cfg.gate_pooling).model_dump()
+    new = restructure(model, config)
+    new.gate_estimator = functools.partial(ESTIMATORS[cfg.estimator], tau=cfg.tau)
+    return new
+
+
+def budget_schedule(layers: int, budget: float, homotopic: bool) -> list[float]:
+    """L, L-1, ..., down to the budget (the paper's homotopy); just the budget without it."""
+    if not homotopic:
+        return [budget]
+    steps = [float(k) for k in range(layers, math.ceil(budget) - 1, -1) if k > budget]
+    return [*steps, budget]
+
+
+def stage3_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], teacher: torch.nn.Module | None,
+                target: float, cfg: HadSkipConfig) -> torch.Tensor:
+    """Task loss + beta * (mean gate - s/L)^2 + the four distillation terms (paper, appendix B)."""
+    inputs = {k: v for k, v in batch.items() if k in MODEL_INPUTS}
+    want_maps = teacher is not None and cfg.alpha_attention > 0
+    out = model(**inputs, labels=batch["labels"], output_hidden_states=teacher is not None,
+                output_attentions=want_maps)
+    gates = torch.stack([out.gate_values[i] for i in sorted(out.gate_values)], 1)
+    loss = out.loss + cfg.beta * (gates.mean() - target) ** 2
+    if teacher is None:
+        return loss
+    with torch.no_grad():
+        ref = teacher(**inputs, output_hidden_states=True, output_attentions=want_maps)
+    mask = inputs["attention_mask"]
+    layers = range(1, len(out.hidden_states))
+    loss = loss + cfg.alpha_prediction * prediction_kl(out.logits, ref.logits, cfg.temperature)
+    loss = loss + cfg.alpha_hidden * sum(token_mse(out.hidden_states[i], ref.hidden_states[i], mask)
+                                         for i in layers) / len(layers)
+    loss = loss + cfg.alpha_embedding * token_mse(out.hidden_states[0], ref.hidden_states[0], mask)
+    if want_maps:
+        loss = loss + cfg.alpha_attention * sum(attention_mse(s, t, mask) for s, t in
+                                                zip(out.attentions, ref.attentions, strict=True)) / len(layers)
+    return loss

@@ -1,0 +1,46 @@
+"""Gradient estimators for binary (two-way categorical) gates.
+
+Both return, per example, the value of the "run" class of a hard one-hot sample in the forward
+pass; they differ in the gradient they give the logits. ReinMax (Liu et al., 2023; HadSkip's
+Algorithm 1) is second order (Heun's method); straight-through (STE) is first order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+RUN = 1  # gate logits are ordered (skip, run)
+
+
+def _hard_sample(probs: torch.Tensor) -> torch.Tensor:
+    index = torch.multinomial(probs.detach().reshape(-1, probs.shape[-1]), 1).reshape(probs.shape[:-1])
+    return torch.nn.functional.one_hot(index, probs.shape[-1]).to(probs.dtype)
+
+
+def reinmax(logits: torch.Tensor, tau: float = 1.0, sample: torch.Tensor | None = None) -> torch.Tensor:
+    """ReinMax: forward = a one-hot sample D ~ softmax(logits); backward = Heun's estimate.
+
+    pi_0 = softmax(logits / tau); pi_1 = (D + pi_0) / 2, re-attached to the logits' graph
+    through softmax(sg(log pi_1 - logits) + logits); pi_2 = 2 pi_1 - pi_0 / 2;
+    output = pi_2 - sg(pi_2) + D. `sample` fixes D (for tests).
+    """
+    if tau < 1.0:
+        raise ValueError(f"ReinMax needs tau >= 1 (got {tau}); below 1 its estimate is unstable")
+    hard = _hard_sample(torch.softmax(logits, -1)) if sample is None else sample
+    pi_0 = torch.softmax(logits / tau, -1)
+    pi_1 = (hard + pi_0) / 2
+    pi_1 = torch.softmax((torch.log(pi_1) - logits).detach() + logits, -1)
+    pi_2 = 2 * pi_1 - pi_0 / 2
+    return (pi_2 - pi_2.detach() + hard)[..., RUN]
+
+
+def straight_through(logits: torch.Tensor, tau: float = 1.0, sample: torch.Tensor | None = None) -> torch.Tensor:
+    """Straight-through: forward = a one-hot sample; backward = the gradient of softmax."""
+    probs = torch.softmax(logits / tau, -1)
+    hard = _hard_sample(torch.softmax(logits, -1)) if sample is None else sample
+    return (probs - probs.detach() + hard)[..., RUN]
+
+
+ESTIMATORS: dict[str, Callable[..., torch.Tensor]] = {"reinmax": reinmax, "ste": straight_through}

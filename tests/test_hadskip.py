@@ -1,0 +1,113 @@
+"""HadSkip: the ReinMax estimator, the budget penalty, and the strategy end to end on a tiny model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from compresskit.modeling import CompressedConfig, CompressedModelForSequenceClassification
+from compresskit.pipeline import Pipeline
+from compresskit.recipe import load_recipe
+from compresskit.strategies.hadskip import HadSkipConfig, budget_schedule, gated, stage3_loss
+from compresskit.training.estimators import reinmax, straight_through
+from tests.conftest import CONFIGS
+from tests.test_modeling import inputs
+
+
+def softmax_jacobian(p: torch.Tensor) -> torch.Tensor:
+    return torch.diag_embed(p) - p.unsqueeze(-1) * p.unsqueeze(-2)
+
+
+@pytest.mark.parametrize("tau", [1.0, 1.5])
+def test_reinmax_gradient_matches_its_definition(tau):
+    """d out / d logits = 2 J(pi_1) - J(softmax(logits / tau)) / (2 tau), pi_1 = (D + pi_0) / 2."""
+    torch.manual_seed(0)
+    logits = torch.randn(6, 2, dtype=torch.float64, requires_grad=True)
+    sample = torch.nn.functional.one_hot(torch.tensor([0, 1, 1, 0, 1, 0]), 2).double()
+    out = reinmax(logits, tau, sample)
+    assert torch.equal(out.detach(), sample[:, 1])  # the forward pass is the hard sample
+    weights = torch.randn(6, dtype=torch.float64)
+    (out * weights).sum().backward()
+
+    pi_0 = torch.softmax(logits.detach() / tau, -1)
+    pi_1 = (sample + pi_0) / 2
+    upstream = torch.stack([torch.zeros(6, dtype=torch.float64), weights], 1)  # out reads the "run" column
+    jac = 2 * softmax_jacobian(pi_1) - softmax_jacobian(pi_0) / (2 * tau)
+    expected = torch.einsum("bij,bi->bj", jac, upstream)
+    torch.testing.assert_close(logits.grad, expected)
+
+    # and numerically: central differences of the surrogate whose gradient ReinMax uses
+    def surrogate(z: torch.Tensor) -> torch.Tensor:
+        anchored = torch.softmax(torch.log(pi_1) - logits.detach() + z, -1)
+        return ((2 * anchored - torch.softmax(z / tau, -1) / 2)[:, 1] * weights).sum()
+
+    eps, numeric = 1e-6, torch.zeros_like(logits.grad)
+    for idx in torch.cartesian_prod(torch.arange(6), torch.arange(2)):
+        step = torch.zeros_like(logits.grad)
+        step[tuple(idx)] = eps
+        numeric[tuple(idx)] = (surrogate(logits.detach() + step) - surrogate(logits.detach() - step)) / (2 * eps)
+    torch.testing.assert_close(logits.grad, numeric, atol=1e-6, rtol=1e-5)
+
+
+def test_straight_through_gradient_is_the_softmax_gradient():
+    logits = torch.randn(4, 2, dtype=torch.float64, requires_grad=True)
+    sample = torch.nn.functional.one_hot(torch.tensor([1, 0, 1, 1]), 2).double()
+    straight_through(logits, 1.0, sample).sum().backward()
+    p = torch.softmax(logits.detach(), -1)
+    torch.testing.assert_close(logits.grad, softmax_jacobian(p)[:, 1, :])
+
+
+def test_reinmax_rejects_a_temperature_below_one():
+    with pytest.raises(ValueError, match="tau >= 1"):
+        reinmax(torch.zeros(2, 2), tau=0.5)
+
+
+def test_homotopic_schedule():
+    assert budget_schedule(6, 3, True) == [6.0, 5.0, 4.0, 3.0]
+    assert budget_schedule(6, 2.5, True) == [6.0, 5.0, 4.0, 3.0, 2.5]
+    assert budget_schedule(6, 3, False) == [3.0]
+
+
+def test_the_budget_penalty_moves_the_gate_mean_toward_the_budget():
+    torch.manual_seed(0)
+    base = CompressedModelForSequenceClassification(CompressedConfig.from_backbone_config(CONFIGS["bert"]()))
+    cfg = HadSkipConfig(strategy="hadskip", budget=1, beta=50.0)
+    model = gated(base, cfg).train()
+    batch = {**inputs(batch=16), "labels": torch.randint(0, 2, (16,))}
+    optimizer = torch.optim.Adam(model.gates.parameters(), lr=0.01)
+
+    def gate_mean() -> float:
+        """The expected gate, P(run), over examples and layers: what the penalty acts on."""
+        with torch.no_grad():
+            out = model(**{k: v for k, v in batch.items() if k != "labels"})
+        return float(torch.stack([torch.softmax(x, -1)[:, 1] for x in out.gate_logits.values()]).mean())
+
+    before = gate_mean()
+    for _ in range(100):
+        optimizer.zero_grad()
+        stage3_loss(model, batch, teacher=None, target=0.25, cfg=cfg).backward()
+        optimizer.step()
+    after = gate_mean()
+    assert abs(before - 0.5) < 0.05  # fresh gates are undecided
+    assert abs(after - 0.25) < 0.05, (before, after)
+
+
+def test_hadskip_stage_trains_gates_that_skip_and_reloads(tiny_recipe, tmp_path):
+    recipe = tiny_recipe([
+        {"strategy": "finetune", "name": "teacher", "epochs": 6, "learning_rate": 2e-3, "batch_size": 8},
+        {"strategy": "hadskip", "name": "skip", "budget": 2, "gate_epochs": 2, "epochs_per_budget": 2,
+         "learning_rate": 1e-3, "gate_learning_rate": 5e-3, "batch_size": 8, "beta": 5.0},
+    ])
+    run_dir = tmp_path / "run"
+    report = Pipeline(load_recipe(recipe), run_dir).run()
+    skip = report["stages"][1]
+    assert skip["info"]["schedule"] == [4.0, 3.0, 2.0]
+    usage = skip["info"]["layer_usage"]
+    assert len(usage["per_layer"]) == 4 and sum(usage["histogram"]) == pytest.approx(1.0)
+    assert report["final"]["validation"]["avg_layers"] < 4.0  # layers really are skipped
+    assert report["final"]["flops_per_example"] < report["baseline"]["flops_per_example"]
+    assert (run_dir / "stages" / "01-skip" / "layer_usage.png").exists()
+    saved = json.loads((run_dir / "stages" / "01-skip" / "model" / "config.json").read_text())
+    assert all(layer["gate"] for layer in saved["layers"]) and saved["gate"]["hidden_size"] == 64
