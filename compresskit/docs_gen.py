@@ -78,6 +78,8 @@ def render() -> str:
         fields_table(StageConfig),
     ]
     for name, cls in strategies().items():
+        if not cls.__module__.startswith("compresskit."):
+            continue  # plugins document themselves
         doc = inspect.cleandoc(cls.__doc__ or "").replace("::\n", ":\n")
         parts += ["", f"### `{name}` ({cls.kind})", "", doc, "", fields_table(cls.Config, skip=("strategy", "name"))]
     return "\n".join(parts) + "\n"

@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from compresskit import registry
 from compresskit.errors import RecipeError
 from compresskit.pipeline import Pipeline
 from compresskit.recipe import load_recipe
-from compresskit.registry import register_strategy
+from compresskit.registry import strategies
 from compresskit.strategies.finetune import FinetuneStrategy
 from compresskit.training.trainer import TrainingConfig, default_loss, train
 
@@ -68,7 +69,6 @@ def test_a_broken_recipe_is_rejected_before_any_stage_runs(tiny_recipe, tmp_path
     assert not (tmp_path / "run").exists()
 
 
-@register_strategy
 class PausingFinetune(FinetuneStrategy):
     """A fine-tune that, when told to, stops mid-training and waits to be killed."""
 
@@ -99,7 +99,14 @@ def run_and_pause(recipe: Path, run_dir: Path) -> None:
     run(recipe, run_dir)
 
 
-def test_a_run_killed_in_its_second_stage_resumes_there_and_ends_the_same(tiny_recipe, tmp_path):
+@pytest.fixture
+def pausing_strategy(monkeypatch):
+    """Registered for one test only, so the registry the other tests see stays the built-in one."""
+    strategies()  # load the built-ins first
+    monkeypatch.setitem(registry._REGISTRY, PausingFinetune.name, PausingFinetune)
+
+
+def test_a_run_killed_in_its_second_stage_resumes_there_and_ends_the_same(tiny_recipe, tmp_path, pausing_strategy):
     recipe = tiny_recipe([
         {"strategy": "finetune", "name": "teacher", "epochs": 2, "learning_rate": 1e-3, "batch_size": 16},
         {"strategy": "pausing_finetune", "name": "recover", "epochs": 2, "learning_rate": 5e-4, "batch_size": 8},
