@@ -105,7 +105,7 @@ def train(
     n_epochs = int(-(-config.epochs // 1))  # ceil: a fractional last epoch stops early
     step, train_seconds = 0, 0.0
     for epoch in range(n_epochs):
-        started = time.perf_counter()
+        started, loss_sum, loss_steps = time.perf_counter(), 0.0, 0
         wrapped.train()
         bar = tqdm(data, desc=f"{desc} epoch {epoch + 1}/{n_epochs}", disable=not accelerator.is_local_main_process)
         for batch in bar:
@@ -117,13 +117,14 @@ def train(
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad()
+            loss_sum, loss_steps = loss_sum + loss.item(), loss_steps + 1
             if accelerator.sync_gradients:
                 step += 1
-                bar.set_postfix(loss=f"{loss.item():.4f}")
+                bar.set_postfix(loss=f"{loss_sum / loss_steps:.4f}")
             if step >= total_steps:
                 break
         train_seconds += time.perf_counter() - started
-        record: dict[str, float] = {"epoch": epoch + 1, "loss": float(loss.item())}
+        record: dict[str, float] = {"epoch": epoch + 1, "train_loss": loss_sum / max(loss_steps, 1)}
         if eval_set is not None:
             metrics = evaluate(accelerator.unwrap_model(wrapped), eval_set, task, tokenizer,
                                config.eval_batch_size, accelerator)
