@@ -55,10 +55,14 @@ class CompressedModelForSequenceClassification(PreTrainedModel):
         super().__init__(config)
         specs = config.layer_specs()
         self.adapter = ADAPTERS[config.backbone["model_type"]]
+        # the backbone's modules are initialised (or loaded) already; resized layers, gates and
+        # exit heads are not, and post_init() initialises exactly those
         if backbone is None:
             backbone = AutoModelForSequenceClassification.from_config(config.backbone_config())
+            backbone.apply(lambda m: setattr(m, "_is_hf_initialized", True))
             self._shape_layers(backbone, specs)
-        backbone.apply(lambda m: setattr(m, "_is_hf_initialized", True))
+        else:
+            backbone.apply(lambda m: setattr(m, "_is_hf_initialized", True))
         self.backbone = backbone
         full_heads = list(range(config.backbone["num_attention_heads"]))
         for layer, spec in zip(self.adapter.layers(backbone), specs, strict=True):
