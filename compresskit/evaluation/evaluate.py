@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -19,10 +20,11 @@ MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
 def loader(dataset: Any, tokenizer: PreTrainedTokenizerBase, batch_size: int, shuffle: bool = False,
-           seed: int = 0) -> DataLoader:
+           seed: int = 0, collate_fn: Callable[[list[dict]], dict] | None = None) -> DataLoader:
+    """Batches padded to their own longest row (dynamic padding), shuffled reproducibly."""
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator,
-                      collate_fn=DataCollatorWithPadding(tokenizer))
+                      collate_fn=collate_fn or DataCollatorWithPadding(tokenizer))
 
 
 @torch.no_grad()

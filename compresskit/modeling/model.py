@@ -9,7 +9,10 @@ skips, and an exited example leaves the batch.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import copy
+import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +21,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrainedModel
 from transformers.utils import ModelOutput
 
+from compresskit.errors import ModelFormatError
 from compresskit.modeling.backbones import ADAPTERS
 from compresskit.modeling.config import CompressedConfig
 from compresskit.modeling.dynamic import ExitHead, LayerGate, build_exit_rule
@@ -37,7 +41,8 @@ class CompressedOutput(ModelOutput):
     loss: torch.Tensor | None = None
     logits: torch.Tensor | None = None
     hidden_states: tuple[torch.Tensor, ...] | None = None  # embeddings, then each layer (full pass)
-    attentions: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None  # attention probabilities per layer
+    attention_scores: tuple[torch.Tensor, ...] | None = None  # q.k / sqrt(d) per layer, before mask/softmax
     gate_logits: dict[int, torch.Tensor] | None = None  # layer -> (batch, 2) skip/run logits
     gate_values: dict[int, torch.Tensor] | None = None  # layer -> (batch,) gate used (0..1)
     exit_logits: dict[int, torch.Tensor] | None = None  # layer -> (batch, labels) (full pass)
@@ -144,6 +149,7 @@ class CompressedModelForSequenceClassification(PreTrainedModel):
         labels: torch.Tensor | None = None,
         output_hidden_states: bool = False,
         output_attentions: bool = False,
+        output_attention_scores: bool = False,
         dynamic: bool | None = None,
         **unused: Any,
     ) -> CompressedOutput:
@@ -158,7 +164,7 @@ class CompressedModelForSequenceClassification(PreTrainedModel):
             out = self._routed_forward(hidden, attention_mask, additive, bias)
         else:
             out = self._full_forward(hidden, attention_mask, additive, bias, output_hidden_states,
-                                     output_attentions)
+                                     output_attentions, output_attention_scores)
         if labels is not None:
             out.loss = self.task_loss(out.logits, labels)
         return out
@@ -168,11 +174,17 @@ class CompressedModelForSequenceClassification(PreTrainedModel):
             return nn.functional.mse_loss(logits.squeeze(-1), labels.to(logits.dtype))
         return nn.functional.cross_entropy(logits, labels)
 
-    def _full_forward(self, hidden, mask, additive, bias, output_hidden_states, output_attentions):
-        states, maps = [hidden], []
+    def _full_forward(self, hidden, mask, additive, bias, output_hidden_states, output_attentions,
+                      output_attention_scores=False):
+        states, maps, scores = [hidden], [], []
         gate_logits, gate_values, exit_logits = {}, {}, {}
         for i, layer in enumerate(self.layers):
-            new, attn = self.adapter.run_layer(layer, hidden, additive, bias, output_attentions)
+            if output_attention_scores:
+                with self._capture_scores(layer) as captured:
+                    new, attn = self.adapter.run_layer(layer, hidden, additive, bias, output_attentions)
+                scores.append(captured["scores"])
+            else:
+                new, attn = self.adapter.run_layer(layer, hidden, additive, bias, output_attentions)
             if str(i) in self.gates:
                 logits = self.gates[str(i)](hidden, mask)
                 g = self.gate_estimator(logits) if self.training else (logits[:, 1] > logits[:, 0]).to(new.dtype)
@@ -193,6 +205,7 @@ class CompressedModelForSequenceClassification(PreTrainedModel):
             logits=self.adapter.head(self.backbone, hidden),
             hidden_states=tuple(states) if output_hidden_states else None,
             attentions=tuple(maps) if output_attentions else None,
+            attention_scores=tuple(scores) if output_attention_scores else None,
             gate_logits=gate_logits or None,
             gate_values=gate_values or None,
             exit_logits=exit_logits or None,
@@ -200,6 +213,26 @@ class CompressedModelForSequenceClassification(PreTrainedModel):
             layer_mask=layer_mask,
             exit_layer=torch.full((batch,), self.num_layers, device=hidden.device),
         )
+
+    @contextlib.contextmanager
+    def _capture_scores(self, layer: nn.Module) -> Iterator[dict[str, torch.Tensor]]:
+        """Raw attention scores q.k/sqrt(d) of one layer, read off its query/key projections.
+
+        Taken before the mask, the softmax and attention dropout (which eager attention applies
+        to the probabilities it returns), as TinyBERT's attention loss wants them.
+        """
+        parts = self.adapter.parts(layer)
+        out: dict[str, torch.Tensor] = {}
+        hooks = [proj.register_forward_hook(lambda m, i, o, key=key: out.__setitem__(key, o))
+                 for key, proj in zip(("q", "k"), parts.qkv[:2], strict=True)]
+        try:
+            yield out
+        finally:
+            for hook in hooks:
+                hook.remove()
+        heads, size = parts.attention.num_attention_heads, parts.attention.attention_head_size
+        q, k = (out[key].view(out[key].shape[0], -1, heads, size).transpose(1, 2) for key in ("q", "k"))
+        out["scores"] = q @ k.transpose(-1, -2) / math.sqrt(size)
 
     @torch.no_grad()
     def _routed_forward(self, hidden, mask, additive, bias):
@@ -253,5 +286,36 @@ def restructure(model: CompressedModelForSequenceClassification, config: Compres
     target = new.state_dict()
     carried = {k: v for k, v in model.state_dict().items() if k in target and target[k].shape == v.shape}
     new.load_state_dict(carried, strict=False)
+    new.train(model.training)
+    return new
+
+
+def select_layers(model: CompressedModelForSequenceClassification, keep: list[int]
+                  ) -> CompressedModelForSequenceClassification:
+    """A copy of `model` with only the layers at positions `keep` (in order), weights carried over.
+
+    The layer specs keep their `source`, so the config still says which original layers these are.
+    """
+    if not keep or len(set(keep)) != len(keep) or not all(0 <= i < model.num_layers for i in keep):
+        raise ModelFormatError(f"cannot keep layers {keep} of a {model.num_layers}-layer model")
+    config = copy.deepcopy(model.config)
+    config.layers = [model.config.layers[i] for i in keep]
+    last = len(keep) - 1
+    config.layers[last] = {**config.layers[last], "exit": False}  # the last layer predicts with the head
+    new = CompressedModelForSequenceClassification(config)
+    prefix = f"backbone.{model.adapter.base_prefix}.encoder.layer."
+    state = {}
+    for name, value in model.state_dict().items():
+        if name.startswith(prefix):
+            index, rest = name[len(prefix):].split(".", 1)
+            if int(index) in keep:
+                state[f"{prefix}{keep.index(int(index))}.{rest}"] = value
+        elif name.startswith(("gates.", "exit_heads.")):
+            index, rest = name.split(".", 2)[1:]
+            if int(index) in keep and (name.startswith("gates.") or keep.index(int(index)) < last):
+                state[f"{name.split('.')[0]}.{keep.index(int(index))}.{rest}"] = value
+        else:
+            state[name] = value
+    new.load_state_dict(state)
     new.train(model.training)
     return new

@@ -85,6 +85,7 @@ def train(
     loss_fn: LossFn = default_loss,
     parameters: Parameters | None = None,
     desc: str = "train",
+    collate_fn: Callable[[list[dict]], dict] | None = None,
 ) -> TrainResult:
     """Train `model` in place; returns the per-epoch history and the best epoch's metrics."""
     set_seed(seed)
@@ -92,7 +93,7 @@ def train(
                               cpu=not torch.cuda.is_available())
     optimizer = torch.optim.AdamW(_param_groups(model, parameters, config), lr=config.learning_rate)
     params = [p for group in optimizer.param_groups for p in group["params"]]
-    data = loader(train_set, tokenizer, config.batch_size, shuffle=True, seed=seed)
+    data = loader(train_set, tokenizer, config.batch_size, shuffle=True, seed=seed, collate_fn=collate_fn)
     # accelerate steps a prepared scheduler once per process per optimizer step, so the schedule
     # is laid out in single-process steps; the loop itself counts this process's steps.
     schedule_steps = max(1, int(len(data) // config.gradient_accumulation_steps * config.epochs))
