@@ -1,0 +1,46 @@
+"""`budgeted_exit`: the first k layers, fine-tuned (the budgeted-exit baseline)."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from pydantic import Field
+
+from compresskit.errors import CompressKitError
+from compresskit.modeling.model import select_layers
+from compresskit.pipeline import PipelineState, StageContext
+from compresskit.registry import StageConfig, Strategy, register_strategy
+from compresskit.training.trainer import TrainingConfig, train
+
+
+class BudgetedExitConfig(StageConfig, TrainingConfig):
+    """Recipe keys of a `budgeted_exit` stage: k and the fine-tuning settings."""
+
+    k: int = Field(ge=1, description="layers every example uses (the first k)")
+
+
+@register_strategy
+class BudgetedExitStrategy(Strategy):
+    """Budgeted exit: every example uses the first k layers; the truncated model is fine-tuned.
+
+    Example stage::
+
+        - strategy: budgeted_exit
+          k: 3
+          epochs: 2
+    """
+
+    name = "budgeted_exit"
+    kind = "static"
+    Config: ClassVar[type[StageConfig]] = BudgetedExitConfig
+
+    def apply(self, state: PipelineState, ctx: StageContext) -> PipelineState:
+        cfg: BudgetedExitConfig = self.config  # type: ignore[assignment]
+        if cfg.k > state.model.num_layers:
+            raise CompressKitError(f"stage {ctx.name!r}: k={cfg.k} but the model has {state.model.num_layers} layers")
+        state.model = select_layers(state.model, list(range(cfg.k)))
+        settings = TrainingConfig(**{k: getattr(cfg, k) for k in TrainingConfig.model_fields})
+        result = train(state.model, state.data["train"], state.data[ctx.recipe.recipe.evaluation.split], state.task,
+                       state.tokenizer, settings, ctx.seed, desc=ctx.name)
+        state.info = {"history": result.history, "k": cfg.k}
+        return state

@@ -1,0 +1,70 @@
+"""`deebert`: DeeBERT (Xin et al., 2020) entropy-based early exit, two-stage training."""
+
+from __future__ import annotations
+
+import math
+from typing import ClassVar
+
+from pydantic import Field
+
+from compresskit.evaluation.evaluate import MODEL_INPUTS
+from compresskit.pipeline import PipelineState, StageContext
+from compresskit.registry import StageConfig, Strategy, register_strategy
+from compresskit.training.early_exit import (
+    CalibrationConfig,
+    calibrate,
+    layer_weighted_loss,
+    split_for_calibration,
+    with_exit_heads,
+)
+from compresskit.training.trainer import TrainingConfig, train
+
+
+class DeeBERTConfig(StageConfig):
+    """Recipe keys of a `deebert` stage."""
+
+    epochs: float = Field(2.0, gt=0, description="stage 2: exit heads only (backbone and final head frozen)")
+    learning_rate: float = Field(5e-4, gt=0, description="of the exit heads (fresh, small modules)")
+    batch_size: int = Field(32, ge=1)
+    calibration: CalibrationConfig = Field(default_factory=lambda: CalibrationConfig(max_accuracy_drop=0.01))
+    thresholds: int = Field(40, ge=2, description="entropy thresholds tried, evenly from 0 to ln(labels)")
+
+
+@register_strategy
+class DeeBERTStrategy(Strategy):
+    """DeeBERT: exit heads trained on a frozen fine-tuned model; exit when entropy < threshold.
+
+    Stage 1 is the incoming (fine-tuned) model. The threshold is calibrated on held-out training
+    rows. Example stage::
+
+        - strategy: deebert
+          epochs: 2
+          calibration: {target_layers: 3}
+    """
+
+    name = "deebert"
+    kind = "dynamic"
+    Config: ClassVar[type[StageConfig]] = DeeBERTConfig
+
+    def apply(self, state: PipelineState, ctx: StageContext) -> PipelineState:
+        cfg: DeeBERTConfig = self.config  # type: ignore[assignment]
+        model = with_exit_heads(state.model, {"name": "entropy", "threshold": 0.0})
+        train_rows, heldout = split_for_calibration(state.data["train"], cfg.calibration.fraction, ctx.seed)
+        model.requires_grad_(False)
+        model.exit_heads.requires_grad_(True)
+        result = train(model, train_rows, None, state.task, state.tokenizer,
+                       TrainingConfig(epochs=cfg.epochs, learning_rate=cfg.learning_rate, batch_size=cfg.batch_size),
+                       ctx.seed, loss_fn=_exits_loss, parameters=list(model.exit_heads.parameters()),
+                       desc=f"{ctx.name} exits")
+        model.requires_grad_(True)
+        top = math.log(state.task.num_labels)
+        candidates = [top * i / (cfg.thresholds - 1) for i in range(cfg.thresholds)]
+        calibration = calibrate(model, heldout, state.tokenizer, "threshold", candidates, cfg.calibration)
+        state.model = model
+        state.info = {"history": result.history, "calibration": calibration}
+        return state
+
+
+def _exits_loss(model, batch):
+    out = model(**{k: v for k, v in batch.items() if k in MODEL_INPUTS})
+    return layer_weighted_loss(out, batch["labels"], "uniform", include_final=False)

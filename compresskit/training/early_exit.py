@@ -1,0 +1,127 @@
+"""Machinery shared by the early-exit strategies: exit heads, their losses, threshold calibration.
+
+Calibration replays the model's own exit rule (the same module that runs at inference) over
+every exit's logits on held-out training rows, so the chosen threshold gives on that data
+exactly the depth and accuracy it promises.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import datasets
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch.nn import functional as F
+
+from compresskit.errors import CompressKitError
+from compresskit.evaluation.evaluate import MODEL_INPUTS, loader
+from compresskit.modeling.model import CompressedModelForSequenceClassification, restructure
+
+
+class CalibrationConfig(BaseModel):
+    """How an exit threshold is chosen on held-out training rows (never the evaluation split)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    fraction: float = Field(0.1, gt=0, lt=1, description="share of the train split held out for calibration")
+    target_layers: float | None = Field(None, gt=0, description="pick the setting closest to this average depth")
+    max_accuracy_drop: float | None = Field(None, ge=0, description="or: the fastest setting within this drop "
+                                            "of the full model's held-out accuracy (0.01 = one point)")
+
+    @model_validator(mode="after")
+    def _one_goal(self) -> CalibrationConfig:
+        if (self.target_layers is None) == (self.max_accuracy_drop is None):
+            raise ValueError("give exactly one of target_layers or max_accuracy_drop")
+        return self
+
+
+def with_exit_heads(model: CompressedModelForSequenceClassification, rule: dict[str, Any]
+                    ) -> CompressedModelForSequenceClassification:
+    """The same model with an exit head after every layer but the last, and `rule` deciding exits."""
+    config = copy.deepcopy(model.config)
+    last = len(config.layers) - 1
+    config.layers = [{**spec, "exit": i < last} for i, spec in enumerate(config.layers)]
+    config.exit_rule = rule
+    return restructure(model, config)
+
+
+def split_for_calibration(train_set: datasets.Dataset, fraction: float, seed: int
+                          ) -> tuple[datasets.Dataset, datasets.Dataset]:
+    parts = train_set.train_test_split(test_size=fraction, seed=seed)
+    return parts["train"], parts["test"]
+
+
+def layer_weighted_loss(out: Any, labels: torch.Tensor, weighting: Literal["uniform", "linear"],
+                        include_final: bool = True) -> torch.Tensor:
+    """Sum of the exits' (and the final head's) cross-entropy; `linear` weighs layer i by i (PABEE)."""
+    logits = [out.exit_logits[i] for i in sorted(out.exit_logits or {})]
+    if include_final:
+        logits.append(out.logits)
+    weights = [float(i + 1) if weighting == "linear" else 1.0 for i in range(len(logits))]
+    total = sum(w * F.cross_entropy(x, labels) for w, x in zip(weights, logits, strict=True))
+    return total / sum(weights)
+
+
+@torch.no_grad()
+def all_exit_logits(model: CompressedModelForSequenceClassification, dataset: datasets.Dataset, tokenizer
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(layers, examples, labels) logits of every exit plus the final head, [CLS] states, labels."""
+    model.eval()
+    logits, states, labels = [], [], []
+    for batch in loader(dataset, tokenizer, 64):
+        out = model(**{k: v for k, v in batch.items() if k in MODEL_INPUTS}, dynamic=False,
+                    output_hidden_states=True)
+        layers = sorted(out.exit_logits) + [model.num_layers - 1]
+        logits.append(torch.stack([out.exit_logits[i] for i in layers[:-1]] + [out.logits]))
+        states.append(torch.stack([out.hidden_states[i + 1][:, 0] for i in layers]))
+        labels.append(batch["labels"])
+    return torch.cat(logits, 1), torch.cat(states, 1), torch.cat(labels)
+
+
+@torch.no_grad()
+def replay(model: CompressedModelForSequenceClassification, logits: torch.Tensor, states: torch.Tensor
+           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exit layer (1-based) and prediction per example under the model's current exit rule.
+
+    Assumes exits after every layer but the last (as `with_exit_heads` builds them).
+    """
+    rule, n = model.exit_rule, logits.shape[1]
+    state = rule.init_state(n, logits.device)
+    active = torch.arange(n)
+    exit_layer = torch.full((n,), logits.shape[0])
+    preds = logits[-1].argmax(-1).clone()
+    for i in range(logits.shape[0] - 1):
+        hidden = states[i, active].unsqueeze(1)  # rules read the [CLS] state, position 0
+        leave = rule.should_exit(i, logits[i, active], hidden, active, state)
+        exit_layer[active[leave]] = i + 1
+        preds[active[leave]] = logits[i, active[leave]].argmax(-1)
+        active = active[~leave]
+    return exit_layer, preds
+
+
+def calibrate(model: CompressedModelForSequenceClassification, heldout: datasets.Dataset, tokenizer,
+              parameter: str, candidates: Sequence[float], cfg: CalibrationConfig) -> dict[str, Any]:
+    """Set `model.exit_rule.<parameter>` (and its saved config) to the candidate `cfg` asks for."""
+    logits, states, labels = all_exit_logits(model, heldout, tokenizer)
+    full_accuracy = float((logits[-1].argmax(-1) == labels).float().mean())
+    table = []
+    for value in candidates:
+        setattr(model.exit_rule, parameter, value)
+        exit_layer, preds = replay(model, logits, states)
+        table.append({parameter: value, "accuracy": float((preds == labels).float().mean()),
+                      "avg_layers": float(exit_layer.float().mean())})
+    if cfg.target_layers is not None:
+        chosen = min(table, key=lambda row: abs(row["avg_layers"] - cfg.target_layers))
+    else:
+        allowed = [row for row in table if row["accuracy"] >= full_accuracy - cfg.max_accuracy_drop]
+        if not allowed:
+            raise CompressKitError(f"no {parameter} keeps the held-out accuracy within {cfg.max_accuracy_drop} "
+                                   f"of {full_accuracy:.4f}; allow a larger drop")
+        chosen = min(allowed, key=lambda row: row["avg_layers"])
+    setattr(model.exit_rule, parameter, chosen[parameter])
+    model.config.exit_rule = {**model.config.exit_rule, parameter: chosen[parameter]}
+    return {"parameter": parameter, "chosen": chosen, "full_accuracy": full_accuracy, "table": table,
+            "examples": int(labels.numel())}
