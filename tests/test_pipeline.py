@@ -88,7 +88,7 @@ class PausingFinetune(FinetuneStrategy):
                 time.sleep(600)
             return default_loss(model, batch)
 
-        settings = TrainingConfig(**{k: getattr(self.config, k) for k in TrainingConfig.model_fields})
+        settings = TrainingConfig.of(self.config)
         train(state.model, state.data["train"], None, state.task, state.tokenizer, settings, ctx.seed,
               loss_then_pause)
         return state

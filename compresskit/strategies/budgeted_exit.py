@@ -39,7 +39,7 @@ class BudgetedExitStrategy(Strategy):
         if cfg.k > state.model.num_layers:
             raise CompressKitError(f"stage {ctx.name!r}: k={cfg.k} but the model has {state.model.num_layers} layers")
         state.model = select_layers(state.model, list(range(cfg.k)))
-        settings = TrainingConfig(**{k: getattr(cfg, k) for k in TrainingConfig.model_fields})
+        settings = TrainingConfig.of(cfg)
         result = train(state.model, state.data["train"], state.data[ctx.recipe.recipe.evaluation.split], state.task,
                        state.tokenizer, settings, ctx.seed, desc=ctx.name)
         state.info = {"history": result.history, "k": cfg.k}

@@ -31,7 +31,7 @@ class FinetuneStrategy(Strategy):
     Config: ClassVar[type[StageConfig]] = FinetuneConfig
 
     def apply(self, state: PipelineState, ctx: StageContext) -> PipelineState:
-        settings = TrainingConfig(**{k: getattr(self.config, k) for k in TrainingConfig.model_fields})
+        settings = TrainingConfig.of(self.config)
         result = train(state.model, state.data["train"], state.data[ctx.recipe.recipe.evaluation.split],
                        state.task, state.tokenizer, settings, seed=ctx.seed, desc=ctx.name)
         state.info = {"history": result.history, "seconds_per_epoch": result.seconds_per_epoch,

@@ -47,6 +47,11 @@ class TrainingConfig(BaseModel):
     max_grad_norm: float = Field(1.0, gt=0)
     keep_best: bool = Field(True, description="restore the epoch with the best validation metric")
 
+    @classmethod
+    def of(cls, config: BaseModel) -> TrainingConfig:
+        """The training settings of a stage config that extends TrainingConfig."""
+        return cls(**{name: getattr(config, name) for name in cls.model_fields})
+
 
 @dataclass
 class TrainResult:
