@@ -13,6 +13,7 @@ from transformers import AutoModelForSequenceClassification
 import compresskit  # noqa: F401  (registers the Auto classes)
 from compresskit.errors import ModelFormatError
 from compresskit.modeling import CompressedConfig, CompressedModelForSequenceClassification
+from compresskit.modeling.dynamic import PatienceConfidenceRule, entropy
 from tests.conftest import CONFIGS, VOCAB
 
 BACKBONES = list(CONFIGS)
@@ -41,13 +42,43 @@ def compressed(backbone: str, gates: bool = False, exits: str | None = None,
         {"source": 3, "heads": [0, 1, 2, 3], "intermediate_size": 40, "gate": gates},
     ]
     if exits:
-        config.exit_rule = {"name": exits, **({"threshold": 0.69} if exits == "entropy" else {})}
+        config.exit_rule = {"name": exits, **({"patience": 1} if exits == "patience" else {})}
     model = CompressedModelForSequenceClassification(config).eval()
-    if gates:  # make the gates disagree across examples so routing is exercised
-        for gate in model.gates.values():
-            torch.nn.init.normal_(gate.net[0].weight, std=2.0)
-            torch.nn.init.normal_(gate.net[2].weight, std=2.0)
+    if gates or exits:
+        diversify(model)
     return model
+
+
+@torch.no_grad()
+def diversify(model: CompressedModelForSequenceClassification) -> None:
+    """Make gates and exit rules split a batch: some examples run or leave, others do not.
+
+    Random tiny layers barely change the [CLS] state, so every example would take the same
+    path and routing would go untested. Larger weights make examples differ; each gate, policy
+    and threshold is then centred on the median example of a reference batch.
+    """
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear):
+            torch.nn.init.normal_(module.weight, std=0.3)
+    batch = inputs(batch=16, seed=99)
+    for i in sorted(int(k) for k in model.gates):  # in order: a gate sees what earlier gates did
+        logits = model(**batch, dynamic=False).gate_logits[i]
+        model.gates[str(i)].net[2].bias[1] -= (logits[:, 1] - logits[:, 0]).median()
+    rule = model.exit_rule
+    if rule is None:
+        return
+    for i, head in model.exit_heads.items():  # each head splits the batch between the two classes
+        logits = model(**batch, dynamic=False).exit_logits[int(i)]
+        head.classifier.bias[1] -= (logits[:, 1] - logits[:, 0]).median()
+    out = model(**batch, dynamic=False, output_hidden_states=True)
+    exit_logits = torch.cat([out.exit_logits[i] for i in sorted(out.exit_logits)])
+    if hasattr(rule, "threshold"):
+        normalized = isinstance(rule, PatienceConfidenceRule)
+        rule.threshold = float(entropy(exit_logits, normalized=normalized).median())
+        model.config.exit_rule["threshold"] = rule.threshold
+    if hasattr(rule, "policies"):
+        for i, policy in enumerate(rule.policies):
+            policy[2].bias -= policy(out.hidden_states[i + 1][:, 0]).median()
 
 
 SHAPES = [
@@ -56,6 +87,7 @@ SHAPES = [
     pytest.param(dict(exits="entropy"), id="exits-entropy"),
     pytest.param(dict(exits="patience"), id="exits-patience"),
     pytest.param(dict(exits="budget"), id="exits-budget"),
+    pytest.param(dict(exits="policy"), id="exits-policy"),
     pytest.param(dict(gates=True, exits="patience_confidence"), id="gated+exits"),
 ]
 
@@ -120,6 +152,10 @@ def test_routed_batch_equals_one_example_at_a_time(backbone, shape):
     model = compressed(backbone, **shape)
     batch = inputs(batch=7)
     routed = model(**batch)
+    paths = {(tuple(mask), layer) for mask, layer in zip(routed.layer_mask.tolist(), routed.exit_layer.tolist(),
+                                                          strict=True)}
+    if shape.get("exits") != "budget":  # the budget rule treats every example alike
+        assert len(paths) > 1, "the examples should take different paths, or routing goes untested"
     for row in range(7):
         length = int(batch["attention_mask"][row].sum())
         single = model(input_ids=batch["input_ids"][row:row + 1, :length],

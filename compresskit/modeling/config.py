@@ -43,7 +43,8 @@ class GateSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     hidden_size: int = Field(64, ge=1)
-    pooling: str = Field("cls", pattern="^(cls|mean)$")
+    # mean: a [CLS] state before the first layer is the same for every input, so it cannot route
+    pooling: str = Field("mean", pattern="^(cls|mean)$")
 
 
 class ExitRuleSpec(BaseModel):

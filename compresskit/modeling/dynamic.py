@@ -163,3 +163,25 @@ class BudgetRule(ExitRule):
 
     def should_exit(self, layer, logits, hidden, rows, state):
         return torch.full((logits.shape[0],), layer + 1 >= self.k, dtype=torch.bool, device=logits.device)
+
+
+@register_exit_rule("policy")
+class PolicyRule(ExitRule):
+    """ConsistentEE: a policy network per layer reads the [CLS] state; exit when P(exit) > 0.5.
+
+    Each policy is `Linear(h, policy_hidden) -> GELU -> Linear(policy_hidden, 1) -> sigmoid`; the
+    last layer has none (every example still running predicts there).
+    """
+
+    def __init__(self, num_layers: int, hidden_size: int, policy_hidden: int = 32):
+        super().__init__(num_layers, hidden_size)
+        self.policies = nn.ModuleList(
+            nn.Sequential(nn.Linear(hidden_size, policy_hidden), nn.GELU(), nn.Linear(policy_hidden, 1))
+            for _ in range(num_layers - 1)
+        )
+
+    def exit_probability(self, layer: int, cls_state: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.policies[layer](cls_state)).squeeze(-1)
+
+    def should_exit(self, layer, logits, hidden, rows, state):
+        return self.exit_probability(layer, hidden[:, 0]) > 0.5

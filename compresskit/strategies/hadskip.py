@@ -38,7 +38,8 @@ class HadSkipConfig(StageConfig):
     budget: float | None = Field(None, gt=0, description="average layers executed per example")
     budget_fraction: float | None = Field(None, gt=0, le=1, description="the budget as a fraction of L")
     gate_hidden_size: int = Field(64, ge=1, description="hidden width of each gate's FFN")
-    gate_pooling: Literal["cls", "mean"] = Field("cls", description="what a gate reads of the previous layer")
+    gate_pooling: Literal["cls", "mean"] = Field("mean", description="what a gate reads of the previous layer "
+                                                 "(a [CLS] state before layer 1 is the same for every input)")
     estimator: Literal["reinmax", "ste"] = Field("reinmax", description="gradient estimator of the binary gates")
     tau: float = Field(1.0, ge=1.0, description="ReinMax temperature (the paper's Algorithm 1: 1)")
     beta: float = Field(1.0, ge=0, description="weight of the budget penalty")
