@@ -25,7 +25,7 @@ from compresskit.pipeline import PipelineState, StageContext
 from compresskit.registry import StageConfig, Strategy, register_strategy
 from compresskit.training.collate import TEACHER_PREFIX, TeacherStudentCollator
 from compresskit.training.distillation import attention_mse, token_mse
-from compresskit.training.trainer import TrainingConfig, train
+from compresskit.training.trainer import TrainingConfig, train, unwrap
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +163,7 @@ class _IntermediateLoss:
         out = model(**inputs, output_hidden_states=True, output_attention_scores=scores)
         with torch.no_grad():
             ref = self.teacher(**_teacher_inputs(batch), output_hidden_states=True, output_attention_scores=scores)
-        project = _unwrap(model).distill_projection
+        project = unwrap(model).distill_projection
         mask = inputs["attention_mask"]
         loss = cfg.alpha_embedding * token_mse(project(out.hidden_states[0]), ref.hidden_states[0], mask)
         for i, t in enumerate(self.layer_map):
@@ -188,10 +188,6 @@ class _PredictionLoss:
         else:
             soft = -(F.softmax(target / self.t, -1) * F.log_softmax(out.logits / self.t, -1)).sum(-1).mean()
         return (1 - self.hard) * soft + self.hard * out.loss
-
-
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    return getattr(model, "module", model)  # DDP keeps the model in .module
 
 
 def _teacher_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -149,3 +149,8 @@ def train(
         model.load_state_dict(best_state)
     accelerator.free_memory()
     return result
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The model inside a DDP wrapper (loss functions receive the wrapped one)."""
+    return getattr(model, "module", model)

@@ -1,0 +1,55 @@
+"""ConsistentEE: memorized layers, the policy-gradient loss, and the strategy on a tiny model."""
+
+from __future__ import annotations
+
+import torch
+
+from compresskit.pipeline import Pipeline
+from compresskit.recipe import load_recipe
+from compresskit.strategies.consistentee import memorized_layer, policy_gradient_loss
+
+TEACHER = {"strategy": "finetune", "name": "teacher", "epochs": 6, "learning_rate": 2e-3, "batch_size": 8}
+
+
+def test_memorized_layer_on_hand_made_prediction_sequences():
+    # columns are examples, rows layers 1..4: is that layer's classifier right?
+    correct = torch.tensor([
+        [1, 0, 1, 0, 0, 1],
+        [1, 1, 0, 0, 0, 1],
+        [1, 1, 1, 1, 0, 1],
+        [1, 1, 1, 1, 0, 0],
+    ], dtype=torch.bool)
+    # all right -> 1; right from 2 on -> 2; wrong at 2 -> 3; from 3 -> 3; never -> L; last wrong -> L
+    assert memorized_layer(correct).tolist() == [1, 2, 3, 3, 4, 4]
+
+
+def test_policy_gradient_favours_the_better_action_and_the_baseline_centres_rewards():
+    torch.manual_seed(0)
+    logit = torch.zeros(64, 1, requires_grad=True)  # one policy (L = 2), P(exit) = 0.5
+    layer_ce = torch.zeros(64, 2)  # both classifiers right: exiting early only saves depth
+    loss = policy_gradient_loss(torch.sigmoid(logit), layer_ce, torch.ones(64, dtype=torch.long), alpha=0.1,
+                                rollouts=8, epsilon=0.0)
+    loss.backward()
+    assert logit.grad.sum() < 0  # gradient descent raises P(exit)
+
+    logit.grad = None
+    wrong_early = torch.tensor([[5.0, 0.0]]).repeat(64, 1)  # the early classifier is badly wrong
+    policy_gradient_loss(torch.sigmoid(logit), wrong_early, torch.full((64,), 2), alpha=0.1, rollouts=8,
+                         epsilon=0.0).backward()
+    assert logit.grad.sum() > 0  # now continuing is better
+
+    same = policy_gradient_loss(torch.full((4, 1), 0.5, requires_grad=True), torch.zeros(4, 2),
+                                torch.full((4,), 2), alpha=0.1, rollouts=8, epsilon=0.0)
+    assert same.item() == 0.0  # hard examples (m = L) with equal losses: no advantage, no update
+
+
+def test_consistentee_trains_policies_that_exit_and_reloads(tiny_recipe, tmp_path):
+    stage = {"strategy": "consistentee", "name": "rl", "init_epochs": 3, "rounds": 2, "policy_epochs": 2,
+             "task_epochs": 1, "alpha": 0.2, "learning_rate": 1e-3, "exit_learning_rate": 5e-3,
+             "policy_learning_rate": 1e-2, "batch_size": 8}
+    report = Pipeline(load_recipe(tiny_recipe([TEACHER, stage])), tmp_path / "run").run()
+    info = report["stages"][1]["info"]
+    assert len(info["memorized_layer_counts"]) == 2 and sum(info["memorized_layer_counts"][0]) == 96
+    final = report["final"]["validation"]
+    assert final["avg_layers"] < 4.0 and final["accuracy"] >= 0.8
+    assert report["final"]["flops_per_example"] < report["baseline"]["flops_per_example"]
