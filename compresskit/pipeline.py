@@ -77,6 +77,7 @@ class StageContext:
     seed: int
     run_dir: Path
     work_dir: Path  # extra artifacts of this stage; kept when the stage finishes
+    checkpoint_dir: Path  # a long stage's own progress; survives a kill, removed when the stage finishes
     stage_dirs: dict[str, Path]  # finished earlier stages by name, plus "input"
     recipe: ResolvedRecipe
 
@@ -93,7 +94,8 @@ def _hash(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _write_json(path: Path, data: Any) -> None:
+def write_json(path: Path, data: Any) -> None:
+    """Write JSON whole or not at all (a temporary file renamed into place)."""
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(data, indent=2, default=float))
     os.replace(tmp, path)
@@ -133,6 +135,10 @@ class Pipeline:
     def stage_dir(self, index: int) -> Path:
         return self.stages_dir / f"{index:02d}-{self.resolved.stages[index].name}"
 
+    def checkpoint_dir(self, index: int) -> Path:
+        # named by fingerprint: a stage whose settings changed never resumes another's progress
+        return self.stages_dir / f".checkpoint-{self.stage_dir(index).name}-{self.fingerprints[index]}"
+
     def finished_stages(self) -> int:
         """How many leading stages are on disk, whole and with matching fingerprints."""
         for i in range(len(self.resolved.stages)):
@@ -146,11 +152,12 @@ class Pipeline:
     def _prepare_run_dir(self, done: int) -> None:
         self.stages_dir.mkdir(parents=True, exist_ok=True)
         keep = {self.stage_dir(i).name for i in range(done)}
+        keep |= {self.checkpoint_dir(i).name for i in range(done, len(self.resolved.stages))}
         for path in self.stages_dir.iterdir():  # stale or half-written stages
             if path.name not in keep:
                 shutil.rmtree(path) if path.is_dir() else path.unlink()
         (self.run_dir / "recipe.yaml").write_text(yaml.safe_dump(self.resolved.to_dict(), sort_keys=False))
-        _write_json(self.run_dir / "environment.json", {
+        write_json(self.run_dir / "environment.json", {
             "packages": package_versions(), "seed": self.recipe.seed,
             "torch_threads": torch.get_num_threads(), "processes": self.dist.num_processes,
             "platform": platform.platform(),
@@ -230,12 +237,13 @@ class Pipeline:
         if self.dist.is_main_process:
             shutil.rmtree(work_dir, ignore_errors=True)
             work_dir.mkdir(parents=True)
-            _write_json(self.run_dir / "progress.json", {"stage": index, "name": stage.name,
+            write_json(self.run_dir / "progress.json", {"stage": index, "name": stage.name,
                                                          "status": "running", "started": time.time()})
         self.dist.wait_for_everyone()
         log.info("stage %d/%d %r (%s) started", index + 1, len(self.resolved.stages), stage.name, stage.strategy)
         ctx = StageContext(index=index, name=stage.name, seed=self.recipe.seed + index, run_dir=self.run_dir,
-                           work_dir=work_dir, stage_dirs=self._stage_dirs(index), recipe=self.resolved)
+                           work_dir=work_dir, checkpoint_dir=self.checkpoint_dir(index),
+                           stage_dirs=self._stage_dirs(index), recipe=self.resolved)
         state.info = {}
         started = time.perf_counter()
         state = strategy.apply(state, ctx)
@@ -247,10 +255,11 @@ class Pipeline:
         if self.dist.is_main_process:
             state.model.save_pretrained(work_dir / "model")
             state.tokenizer.save_pretrained(work_dir / "model")
-            _write_json(work_dir / "stage.json", meta)
+            write_json(work_dir / "stage.json", meta)
             (work_dir / ".complete").write_text("ok\n")
             os.replace(work_dir, final_dir)
-            _write_json(self.run_dir / "progress.json", {"stage": index, "name": stage.name, "status": "finished"})
+            shutil.rmtree(self.checkpoint_dir(index), ignore_errors=True)
+            write_json(self.run_dir / "progress.json", {"stage": index, "name": stage.name, "status": "finished"})
         self.dist.wait_for_everyone()
         log.info("stage %r finished in %.1fs: %s", stage.name, seconds, evaluation[self.recipe.evaluation.split])
         return state
@@ -314,7 +323,7 @@ class Pipeline:
         }
         report["summary"] = _summary(report, splits, self.task.main_metric)
         if self.dist.is_main_process:
-            _write_json(self.run_dir / "report.json", report)
+            write_json(self.run_dir / "report.json", report)
         return report
 
 
