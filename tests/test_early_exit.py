@@ -23,6 +23,8 @@ TEACHER = {"strategy": "finetune", "name": "teacher", "epochs": 6, "learning_rat
      "calibration": {"max_accuracy_drop": 0.05, "fraction": 0.25}},
     {"strategy": "pcee", "epochs": 3, "learning_rate": 1e-3, "exit_learning_rate": 5e-3, "batch_size": 8,
      "patience": 1, "calibration": {"target_layers": 2, "fraction": 0.25}},
+    {"strategy": "berxit", "epochs": 4, "learning_rate": 1e-3, "exit_learning_rate": 5e-3, "batch_size": 8,
+     "calibration": {"target_layers": 2, "fraction": 0.25}},
 ], ids=lambda s: s["strategy"])
 def test_exit_strategies_train_calibrate_and_exit_early(tiny_recipe, tmp_path, stage):
     report = Pipeline(load_recipe(tiny_recipe([TEACHER, {**stage, "name": "exits"}])), tmp_path / "run").run()
@@ -46,7 +48,7 @@ def test_budgeted_exit_keeps_the_first_k_layers(tiny_recipe, tmp_path):
 
 
 @pytest.mark.parametrize("rule, parameter", [("entropy", "threshold"), ("patience", "patience"),
-                                             ("patience_confidence", "threshold")])
+                                             ("patience_confidence", "threshold"), ("learned", "threshold")])
 def test_calibration_replays_exactly_what_inference_does(rule, parameter, tmp_path):
     """The held-out depth and accuracy calibration reports are what the routed model then does."""
     model = compressed("bert", exits=rule)
@@ -61,6 +63,9 @@ def test_calibration_replays_exactly_what_inference_does(rule, parameter, tmp_pa
     heldout, tokenizer = Dataset.from_list(rows), make_tokenizer(tmp_path)
     if parameter == "patience":
         candidates = [1, 2]
+    elif rule == "learned":  # thresholds among the exit module's own certainties
+        states = all_exit_logits(model, heldout, tokenizer)[1][:-1]
+        candidates = model.exit_rule.certainty(states.flatten(0, 1)).quantile(torch.tensor([0.2, 0.5, 0.8])).tolist()
     else:  # thresholds among this model's own entropies, so that some examples exit and some do not
         exit_logits = all_exit_logits(model, heldout, tokenizer)[0][:-1]
         ent = entropy(exit_logits.flatten(0, 1), normalized=rule == "patience_confidence")

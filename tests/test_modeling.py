@@ -72,7 +72,10 @@ def diversify(model: CompressedModelForSequenceClassification) -> None:
         head.classifier.bias[1] -= (logits[:, 1] - logits[:, 0]).median()
     out = model(**batch, dynamic=False, output_hidden_states=True)
     exit_logits = torch.cat([out.exit_logits[i] for i in sorted(out.exit_logits)])
-    if hasattr(rule, "threshold"):
+    if hasattr(rule, "lte"):  # BERxiT's exit module: half the examples certain enough
+        states = torch.cat([out.hidden_states[i + 1][:, 0] for i in sorted(out.exit_logits)])
+        rule.lte.bias -= rule.lte(states).median()
+    elif hasattr(rule, "threshold"):
         normalized = isinstance(rule, PatienceConfidenceRule)
         rule.threshold = float(entropy(exit_logits, normalized=normalized).median())
         model.config.exit_rule["threshold"] = rule.threshold
@@ -88,6 +91,7 @@ SHAPES = [
     pytest.param(dict(exits="patience"), id="exits-patience"),
     pytest.param(dict(exits="budget"), id="exits-budget"),
     pytest.param(dict(exits="policy"), id="exits-policy"),
+    pytest.param(dict(exits="learned"), id="exits-learned"),
     pytest.param(dict(gates=True, exits="patience_confidence"), id="gated+exits"),
 ]
 

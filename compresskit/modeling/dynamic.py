@@ -185,3 +185,20 @@ class PolicyRule(ExitRule):
 
     def should_exit(self, layer, logits, hidden, rows, state):
         return self.exit_probability(layer, hidden[:, 0]) > 0.5
+
+
+@register_exit_rule("learned")
+class LearnedExitRule(ExitRule):
+    """BERxiT: one learning-to-exit module shared by all layers, `sigmoid(Linear(h, 1))` on [CLS],
+    estimates whether the layer's prediction is right; exit when it exceeds the threshold."""
+
+    def __init__(self, num_layers: int, hidden_size: int, threshold: float = 0.5):
+        super().__init__(num_layers, hidden_size)
+        self.threshold = threshold
+        self.lte = nn.Linear(hidden_size, 1)
+
+    def certainty(self, cls_state: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.lte(cls_state)).squeeze(-1)
+
+    def should_exit(self, layer, logits, hidden, rows, state):
+        return self.certainty(hidden[:, 0]) > self.threshold
