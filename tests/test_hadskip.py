@@ -70,28 +70,33 @@ def test_homotopic_schedule():
     assert budget_schedule(6, 3, False) == [3.0]
 
 
-def test_the_budget_penalty_moves_the_gate_mean_toward_the_budget():
+@pytest.mark.parametrize("gate_forward", ["argmax", "sample"])
+def test_the_budget_penalty_moves_the_gate_mean_toward_the_budget(gate_forward):
+    """With argmax gates the share of layers that run at inference reaches the budget; with
+    sampled gates only the expected gate P(run) does (what the penalty then acts on)."""
     torch.manual_seed(0)
     base = CompressedModelForSequenceClassification(CompressedConfig.from_backbone_config(CONFIGS["bert"]()))
-    cfg = HadSkipConfig(strategy="hadskip", budget=1, beta=50.0)
+    cfg = HadSkipConfig(strategy="hadskip", budget=3, beta=50.0, gate_forward=gate_forward)
     model = gated(base, cfg).train()
     batch = {**inputs(batch=16), "labels": torch.randint(0, 2, (16,))}
     optimizer = torch.optim.Adam(model.gates.parameters(), lr=0.01)
 
     def gate_mean() -> float:
-        """The expected gate, P(run), over examples and layers: what the penalty acts on."""
         with torch.no_grad():
-            out = model(**{k: v for k, v in batch.items() if k != "labels"})
+            out = model.eval()(**{k: v for k, v in batch.items() if k != "labels"}, dynamic=False)
+        model.train()
+        if gate_forward == "argmax":
+            return float(out.layer_mask.float().mean())
         return float(torch.stack([torch.softmax(x, -1)[:, 1] for x in out.gate_logits.values()]).mean())
 
     before = gate_mean()
     for _ in range(100):
         optimizer.zero_grad()
-        stage3_loss(model, batch, teacher=None, target=0.25, cfg=cfg).backward()
+        stage3_loss(model, batch, teacher=None, target=0.75, cfg=cfg).backward()
         optimizer.step()
     after = gate_mean()
-    assert abs(before - 0.5) < 0.05  # fresh gates are undecided
-    assert abs(after - 0.25) < 0.05, (before, after)
+    assert abs(before - 0.75) > 0.2, before  # fresh gates are far from the budget
+    assert abs(after - 0.75) < 0.05, (before, after)
 
 
 def test_hadskip_stage_trains_gates_that_skip_and_reloads(tiny_recipe, tmp_path):

@@ -42,6 +42,9 @@ class HadSkipConfig(StageConfig):
                                                  "(a [CLS] state before layer 1 is the same for every input)")
     estimator: Literal["reinmax", "ste"] = Field("reinmax", description="gradient estimator of the binary gates")
     tau: float = Field(1.0, ge=1.0, description="ReinMax temperature (the paper's Algorithm 1: 1)")
+    gate_forward: Literal["argmax", "sample"] = Field(
+        "argmax", description="hard gate of the training forward pass: the argmax, as at inference "
+        "(Algorithm 1's One_Hot(pi_0)), or a sample (the ReinMax reference)")
     beta: float = Field(1.0, ge=0, description="weight of the budget penalty")
     finetune_epochs: float = Field(0.0, ge=0, description="stage I: fine-tune first (0: the incoming model is)")
     gate_epochs: float = Field(1.0, ge=0, description="stage II epochs (0 skips stage II: the ablation)")
@@ -135,7 +138,8 @@ def gated(model: CompressedModelForSequenceClassification, cfg: HadSkipConfig
     config.layers = [{**spec, "gate": True} for spec in config.layers]
     config.gate = GateSpec(hidden_size=cfg.gate_hidden_size, pooling=cfg.gate_pooling).model_dump()
     new = restructure(model, config)
-    new.gate_estimator = functools.partial(ESTIMATORS[cfg.estimator], tau=cfg.tau)
+    new.gate_estimator = functools.partial(ESTIMATORS[cfg.estimator], tau=cfg.tau,
+                                           stochastic=cfg.gate_forward == "sample")
     return new
 
 

@@ -14,21 +14,27 @@ import torch
 RUN = 1  # gate logits are ordered (skip, run)
 
 
-def _hard_sample(probs: torch.Tensor) -> torch.Tensor:
-    index = torch.multinomial(probs.detach().reshape(-1, probs.shape[-1]), 1).reshape(probs.shape[:-1])
+def _hard(probs: torch.Tensor, stochastic: bool) -> torch.Tensor:
+    """One-hot D: a sample from `probs`, or (deterministic) its argmax, as inference uses."""
+    if stochastic:
+        index = torch.multinomial(probs.detach().reshape(-1, probs.shape[-1]), 1).reshape(probs.shape[:-1])
+    else:
+        index = probs.detach().argmax(-1)
     return torch.nn.functional.one_hot(index, probs.shape[-1]).to(probs.dtype)
 
 
-def reinmax(logits: torch.Tensor, tau: float = 1.0, sample: torch.Tensor | None = None) -> torch.Tensor:
-    """ReinMax: forward = a one-hot sample D ~ softmax(logits); backward = Heun's estimate.
+def reinmax(logits: torch.Tensor, tau: float = 1.0, sample: torch.Tensor | None = None,
+            stochastic: bool = True) -> torch.Tensor:
+    """ReinMax: forward = a one-hot D of softmax(logits); backward = Heun's estimate.
 
     pi_0 = softmax(logits / tau); pi_1 = (D + pi_0) / 2, re-attached to the logits' graph
     through softmax(sg(log pi_1 - logits) + logits); pi_2 = 2 pi_1 - pi_0 / 2;
-    output = pi_2 - sg(pi_2) + D. `sample` fixes D (for tests).
+    output = pi_2 - sg(pi_2) + D. D is a sample (`stochastic`, the ReinMax reference) or the
+    argmax; `sample` fixes D (for tests).
     """
     if tau < 1.0:
         raise ValueError(f"ReinMax needs tau >= 1 (got {tau}); below 1 its estimate is unstable")
-    hard = _hard_sample(torch.softmax(logits, -1)) if sample is None else sample
+    hard = _hard(torch.softmax(logits, -1), stochastic) if sample is None else sample
     pi_0 = torch.softmax(logits / tau, -1)
     pi_1 = (hard + pi_0) / 2
     pi_1 = torch.softmax((torch.log(pi_1) - logits).detach() + logits, -1)
@@ -36,10 +42,11 @@ def reinmax(logits: torch.Tensor, tau: float = 1.0, sample: torch.Tensor | None 
     return (pi_2 - pi_2.detach() + hard)[..., RUN]
 
 
-def straight_through(logits: torch.Tensor, tau: float = 1.0, sample: torch.Tensor | None = None) -> torch.Tensor:
-    """Straight-through: forward = a one-hot sample; backward = the gradient of softmax."""
+def straight_through(logits: torch.Tensor, tau: float = 1.0, sample: torch.Tensor | None = None,
+                     stochastic: bool = True) -> torch.Tensor:
+    """Straight-through: forward = a one-hot D (sample or argmax); backward = the softmax gradient."""
     probs = torch.softmax(logits / tau, -1)
-    hard = _hard_sample(torch.softmax(logits, -1)) if sample is None else sample
+    hard = _hard(torch.softmax(logits, -1), stochastic) if sample is None else sample
     return (probs - probs.detach() + hard)[..., RUN]
 
 
