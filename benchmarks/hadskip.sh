@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Issue-7 results (docs/benchmarks.md, "HadSkip"): HadSkip at budgets 2, 3, 4 on the fine-tuned
+# MiniLM-L6, the budgeted-exit baselines at the same depths, the ablations at budget 3, latency.
+# Usage: bash benchmarks/hadskip.sh [teacher|main|baselines|ablations|latency|table] ...  (default: all, in order)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+finetuned=runs/minilm-l6-2ep/stages/00-finetuned/model
+# The training rows each HadSkip run sees (CPU time: ~1 s per step of 32 on two cores).
+extra=(--set "model=$finetuned" --set "data.max_train_samples=${HADSKIP_TRAIN_ROWS:-5000}")
+hadskip=benchmarks/recipes/hadskip_rotten_tomatoes.yaml
+
+teacher() {  # the fine-tuned MiniLM-L6 every run below starts from (stage I); a no-op once finished
+  compresskit apply recipes/finetune_rotten_tomatoes.yaml -o runs/minilm-l6-2ep --set stages.finetuned.epochs=2
+}
+main() {
+  for s in 2 3 4; do
+    compresskit apply "$hadskip" -o "runs/hadskip-b$s" "${extra[@]}" --set "stages.skip.budget=$s"
+  done
+}
+baselines() {
+  for k in 2 3 4; do
+    compresskit apply benchmarks/recipes/budgeted_exit_rotten_tomatoes.yaml -o "runs/budgeted-exit-k$k" \
+      --set "model=$finetuned" --set "stages.first_k.k=$k"
+  done
+}
+ablations() {
+  compresskit apply "$hadskip" -o runs/hadskip-b3-no-homotopy "${extra[@]}" --set stages.skip.homotopic=false
+  compresskit apply "$hadskip" -o runs/hadskip-b3-no-stage2 "${extra[@]}" --set stages.skip.gate_epochs=0
+  compresskit apply "$hadskip" -o runs/hadskip-b3-no-kd "${extra[@]}" --set stages.skip.distill=false
+  compresskit apply "$hadskip" -o runs/hadskip-b3-ste "${extra[@]}" --set stages.skip.estimator=ste
+}
+latency() {
+  for s in 2 3 4; do
+    python benchmarks/dynamic_latency.py "$(ls -d runs/hadskip-b$s/stages/00-skip/model | head -1)" \
+      --batch-sizes 1,32 --output "runs/hadskip-b$s/latency.json"
+  done
+}
+table() {
+  python benchmarks/summarize_hadskip.py runs
+}
+for step in "${@:-teacher main baselines ablations latency table}"; do
+  for s in $step; do "$s"; done
+done
