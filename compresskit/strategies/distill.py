@@ -35,7 +35,9 @@ class DistillConfig(StageConfig):
 
     teacher: str | None = Field(None, description="stage (or 'input') whose model teaches; default: the "
                                 "model the previous stage left")
-    student: str | None = Field(None, description="student model (packaged name, directory, hub name)")
+    student: str | None = Field(None, description="student model (packaged name, directory, hub name); "
+                                "with neither this nor student_layers the incoming model is the student "
+                                "(recovery after pruning, `teacher` then names an earlier stage)")
     student_layers: list[int] | None = Field(None, description="or: a student made of these teacher layers "
                                              "(0-based)")
     layer_map: list[int] | None = Field(None, description="teacher layer (1-based) each student layer learns "
@@ -54,8 +56,11 @@ class DistillConfig(StageConfig):
 
     @model_validator(mode="after")
     def _one_student(self) -> DistillConfig:
-        if (self.student is None) == (self.student_layers is None):
-            raise ValueError("give exactly one of student (a model) or student_layers (layers of the teacher)")
+        if self.student is not None and self.student_layers is not None:
+            raise ValueError("give one of student (a model) or student_layers (layers of the teacher), not both")
+        if self.student is None and self.student_layers is None and self.teacher is None:
+            raise ValueError("give student (a model), student_layers (layers of the teacher), or teacher (an "
+                             "earlier stage that teaches the incoming model, e.g. to recover after pruning)")
         if self.intermediate_epochs == 0 and self.prediction_epochs == 0:
             raise ValueError("intermediate_epochs and prediction_epochs are both 0: nothing to train")
         return self
@@ -90,9 +95,11 @@ class DistillStrategy(Strategy):
         teacher = teacher.eval().requires_grad_(False)
         if cfg.student is not None:
             student, student_tokenizer = load_model(cfg.student, state.task)
-        else:
+        elif cfg.student_layers is not None:
             student, student_tokenizer = select_layers(teacher, cfg.student_layers), teacher_tokenizer
             student.requires_grad_(True)
+        else:  # recovery: the model the previous stage left learns from an earlier one
+            student, student_tokenizer = state.model, state.tokenizer
         layer_map = self._layer_map(student.num_layers, teacher.num_layers)
         student_state = PipelineState(model=student, tokenizer=student_tokenizer, task=state.task, raw=state.raw,
                                       max_length=state.max_length)

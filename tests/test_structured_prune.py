@@ -1,0 +1,121 @@
+"""structured_prune: what torch-pruning removes, what the config then says, and that it reloads anywhere."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from compresskit.errors import CompressKitError
+from compresskit.evaluation.evaluate import count_parameters
+from compresskit.modeling import CompressedConfig, CompressedModelForSequenceClassification
+from compresskit.pipeline import Pipeline
+from compresskit.recipe import load_recipe
+from compresskit.strategies.structured_prune import StructuredPruneConfig, prune
+from tests.conftest import CONFIGS
+from tests.test_modeling import inputs
+
+DEAD_HEADS = [[1, 3], [0, 1], [2, 3], [0, 2]]  # per layer of the tiny 4-layer, 4-head model
+
+
+def model_with_dead_units(backbone: str) -> CompressedModelForSequenceClassification:
+    """A model in which half the heads and half the FFN neurons of every layer contribute nothing."""
+    torch.manual_seed(0)
+    model = CompressedModelForSequenceClassification(CompressedConfig.from_backbone_config(CONFIGS[backbone]()))
+    with torch.no_grad():
+        for layer, dead in zip(model.layers, DEAD_HEADS, strict=True):
+            parts = model.adapter.parts(layer)
+            size = parts.attention.attention_head_size
+            for head in dead:
+                cols = slice(head * size, (head + 1) * size)
+                for linear in parts.qkv:
+                    linear.weight[cols] = 0
+                    linear.bias[cols] = 0
+                parts.attention_out.weight[:, cols] = 0
+            parts.ffn_in.weight[::2] = 0  # even neurons: GELU(0) = 0 feeds nothing forward
+            parts.ffn_in.bias[::2] = 0
+            parts.ffn_out.weight[:, ::2] = 0
+    return model.eval()
+
+
+def settings(**overrides) -> StructuredPruneConfig:
+    return StructuredPruneConfig(strategy="structured_prune", round_ffn_to=1, **overrides)
+
+
+def batches(n: int = 2) -> list[dict[str, torch.Tensor]]:
+    return [{**inputs(seed=i), "labels": torch.tensor([0, 1, 0, 1, 1])} for i in range(n)]
+
+
+@pytest.mark.parametrize("backbone", ["bert", "roberta"])
+@pytest.mark.parametrize("importance", ["magnitude", "taylor"])
+def test_pruning_removes_the_dead_heads_and_neurons_and_keeps_the_function(backbone, importance):
+    model = model_with_dead_units(backbone)
+    pruned = prune(model, batches(), settings(importance=importance)).eval()
+    for spec, dead in zip(pruned.config.layers, DEAD_HEADS, strict=True):
+        assert spec["heads"] == [h for h in range(4) if h not in dead]
+        assert spec["intermediate_size"] == 32
+    assert count_parameters(pruned) < count_parameters(model)
+    with torch.no_grad():
+        torch.testing.assert_close(pruned(**inputs()).logits, model(**inputs()).logits, atol=1e-5, rtol=1e-4)
+
+
+def test_global_scope_takes_more_from_the_layer_that_matters_least():
+    model = model_with_dead_units("bert")
+    with torch.no_grad():  # layer 0: only 8 strong live neurons (odd ones up to 15), the other live ones weak
+        parts = model.adapter.parts(model.layers[0])
+        parts.ffn_in.weight[17::2] *= 1e-3
+        parts.ffn_out.weight[:, 17::2] *= 1e-3
+    uniform = prune(model, batches(), settings(head_ratio=0.0, ffn_ratio=0.625))
+    overall = prune(model, batches(), settings(head_ratio=0.0, ffn_ratio=0.625, scope="global"))
+    assert [s["intermediate_size"] for s in uniform.config.layers] == [24] * 4
+    widths = [s["intermediate_size"] for s in overall.config.layers]
+    assert widths[0] == 8 and sum(widths) == 4 * 24  # the same total, taken where it matters least
+
+
+def test_the_pruned_model_reloads_in_a_fresh_process_with_the_auto_classes(tmp_path):
+    pruned = prune(model_with_dead_units("bert"), batches(), settings(head_ratio=0.25, ffn_ratio=0.5)).eval()
+    pruned.save_pretrained(tmp_path)
+    torch.save(inputs(), tmp_path / "inputs.pt")
+    code = (
+        "import sys, torch, compresskit\n"
+        "from transformers import AutoModelForSequenceClassification as A\n"
+        "m = A.from_pretrained(sys.argv[1]).eval()\n"
+        "torch.save(m(**torch.load(sys.argv[1] + '/inputs.pt')).logits, sys.argv[1] + '/out.pt')\n"
+    )
+    subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.load(tmp_path / "out.pt"), pruned(**inputs()).logits)
+
+
+def test_mpnet_heads_are_refused_with_a_way_out_and_its_ffn_prunes():
+    model = model_with_dead_units("mpnet")
+    with pytest.raises(CompressKitError, match="head_ratio: 0"):
+        prune(model, batches(), settings())
+    pruned = prune(model, batches(), settings(head_ratio=0.0))
+    assert [s["intermediate_size"] for s in pruned.config.layers] == [32] * 4
+
+
+def test_nothing_to_prune_is_a_recipe_error():
+    with pytest.raises(ValueError, match="nothing to prune"):
+        settings(head_ratio=0.0, ffn_ratio=0.0)
+
+
+def test_structured_prune_then_recovery_distillation_from_the_unpruned_model(tiny_recipe, tmp_path):
+    recipe = tiny_recipe([
+        {"strategy": "finetune", "name": "teacher", "epochs": 2, "learning_rate": 1e-3, "batch_size": 16},
+        {"strategy": "structured_prune", "name": "pruned", "head_ratio": 0.5, "ffn_ratio": 0.5,
+         "importance": "taylor", "taylor_batches": 2, "batch_size": 8},
+        # recovery: the pruned model is the student of the unpruned one (pruned heads: no attention loss)
+        {"strategy": "distill", "name": "recovered", "teacher": "teacher", "alpha_attention": 0.0,
+         "intermediate_epochs": 1, "prediction_epochs": 1, "batch_size": 16},
+    ])
+    report = Pipeline(load_recipe(recipe), tmp_path / "run").run()
+    info = report["stages"][1]["info"]
+    assert info["parameters_after"] < info["parameters_before"]
+    assert all(len(layer["heads"]) == 2 and layer["intermediate_size"] == 32 for layer in info["layers"])
+    recovered = report["stages"][2]
+    assert recovered["info"]["student_layers"] == 4 and "prediction" in recovered["info"]["history"]
+    assert report["final"]["parameters"] == info["parameters_after"]
+    assert report["final"]["flops_per_example"] < report["baseline"]["flops_per_example"]
