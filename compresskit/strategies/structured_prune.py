@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import itertools
 import logging
+from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -83,17 +84,25 @@ class StructuredPruneStrategy(Strategy):
         return state
 
 
+LossFn = Callable[[torch.nn.Module, dict[str, torch.Tensor]], torch.Tensor]
+
+
 def prune(model: CompressedModelForSequenceClassification, batches: list[dict[str, torch.Tensor]],
-          cfg: StructuredPruneConfig) -> CompressedModelForSequenceClassification:
-    """A pruned copy of `model` whose config describes exactly the heads and widths left."""
+          cfg: StructuredPruneConfig, loss_fn: LossFn | None = None) -> CompressedModelForSequenceClassification:
+    """A pruned copy of `model` whose config describes exactly the heads and widths left.
+
+    `loss_fn(model, batch)` is the loss whose gradients Taylor importance uses (default: the task loss).
+    """
     training = model.training
     model = copy.deepcopy(model).eval()
     example = {k: v[:2] for k, v in batches[0].items() if k in MODEL_INPUTS}
+    # the full pass (every layer, every exit head): routed inference would hide layers from the trace
     graph = tp.DependencyGraph().build_dependency(model, example_inputs=example,
+                                                  forward_fn=lambda m, x: m(**x, dynamic=False),
                                                   output_transform=lambda out: out.logits)
     parts = [model.adapter.parts(layer) for layer in model.layers]
     if cfg.importance == "taylor":
-        accumulate_gradients(model, batches)
+        accumulate_gradients(model, batches, loss_fn or task_loss)
     importance = (tp.importance.GroupTaylorImportance() if cfg.importance == "taylor"
                   else tp.importance.GroupMagnitudeImportance(p=2))
 
@@ -133,12 +142,15 @@ def prune(model: CompressedModelForSequenceClassification, batches: list[dict[st
     return pruned.train(training)
 
 
-def accumulate_gradients(model: torch.nn.Module, batches: list[dict[str, torch.Tensor]]) -> None:
-    """Sum the task loss's gradients over `batches` (what Taylor importance multiplies with weights)."""
+def task_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    return model(**{k: v for k, v in batch.items() if k in MODEL_INPUTS}, labels=batch["labels"], dynamic=False).loss
+
+
+def accumulate_gradients(model: torch.nn.Module, batches: list[dict[str, torch.Tensor]], loss_fn: LossFn) -> None:
+    """Sum the loss's gradients over `batches` (what Taylor importance multiplies with the weights)."""
     model.zero_grad(set_to_none=True)
     for batch in batches:
-        out = model(**{k: v for k, v in batch.items() if k in MODEL_INPUTS}, labels=batch["labels"])
-        out.loss.backward()
+        loss_fn(model, batch).backward()
 
 
 def check_group_is_local(group: Any, layer: torch.nn.Module, index: int) -> None:

@@ -1,0 +1,212 @@
+"""`cost_eff`: COST-EFF (Shen et al., 2022) — a slenderized multi-exit model.
+
+Depth stays; width goes; every layer gets an exit. Following the reference pipeline:
+  1. a multi-exit "teacher assistant": exit heads after every layer, trained with the backbone so
+     that every exit learns from the teacher's final prediction averaged with the label;
+  2. iterative slenderization: heads and FFN neurons removed in `prune_steps` steps whose ratios
+     grow linearly to the target, by Taylor importance of that same multi-exit loss, each step
+     followed by a short recovery on it;
+  3. representation distillation (embedding and every layer's hidden states against the teacher);
+  4. prediction + representation distillation;
+  5. an entropy threshold calibrated on held-out training rows: an example leaves at the first
+     exit whose prediction entropy is below it (the same batched exits as `deebert`).
+The stage reports accuracy and counted FLOPs over a sweep of thresholds for the slender model and
+for the unpruned multi-exit model of step 1 (`info.curve`, `info.curve_unpruned`, `curve.png`).
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import itertools
+import logging
+import math
+from typing import Any, ClassVar
+
+import torch
+from pydantic import Field, model_validator
+from torch.nn import functional as F
+
+from compresskit.evaluation.evaluate import MODEL_INPUTS, count_parameters, flops_per_example, loader
+from compresskit.modeling.model import CompressedModelForSequenceClassification
+from compresskit.pipeline import PipelineState, StageContext
+from compresskit.registry import StageConfig, Strategy, register_strategy
+from compresskit.strategies.structured_prune import StructuredPruneConfig, prune
+from compresskit.training.distillation import token_mse
+from compresskit.training.early_exit import (
+    CalibrationConfig,
+    all_exit_logits,
+    calibrate,
+    replay,
+    split_for_calibration,
+    with_exit_heads,
+)
+from compresskit.training.trainer import TrainingConfig, train
+
+log = logging.getLogger(__name__)
+
+
+class CostEffConfig(StageConfig):
+    """Recipe keys of a `cost_eff` stage."""
+
+    head_ratio: float = Field(0.5, ge=0, lt=1, description="share of attention heads removed in the end")
+    ffn_ratio: float = Field(0.5, ge=0, lt=1, description="share of FFN neurons removed in the end")
+    prune_steps: int = Field(4, ge=1, description="slenderization steps (ratios grow linearly)")
+    exit_epochs: float = Field(1.0, gt=0, description="step 1: training of the multi-exit teacher assistant")
+    recover_epochs: float = Field(0.25, ge=0, description="recovery after each slenderization step")
+    representation_epochs: float = Field(1.0, ge=0, description="step 3: hidden-state distillation")
+    prediction_epochs: float = Field(1.0, ge=0, description="step 4: prediction + representation distillation")
+    learning_rate: float = Field(5e-5, gt=0)
+    batch_size: int = Field(32, ge=1)
+    temperature: float = Field(1.0, gt=0, description="softening of the teacher's prediction")
+    taylor_batches: int = Field(16, ge=1, description="batches whose gradients score the channels")
+    calibration: CalibrationConfig = Field(default_factory=lambda: CalibrationConfig(max_accuracy_drop=0.01))
+    thresholds: int = Field(40, ge=2, description="entropy thresholds tried, evenly from 0 to ln(labels)")
+    curve_points: int = Field(12, ge=2, description="thresholds of the reported accuracy-vs-FLOPs curve")
+
+    @model_validator(mode="after")
+    def _slenderize(self) -> CostEffConfig:
+        if self.head_ratio == 0 and self.ffn_ratio == 0:
+            raise ValueError("head_ratio and ffn_ratio are both 0: COST-EFF slenderizes the width")
+        return self
+
+
+@register_strategy
+class CostEffStrategy(Strategy):
+    """COST-EFF: slenderize width by Taylor importance, exit after every layer, distil; entropy exits.
+
+    Example stage (on a fine-tuned model, which is also the teacher)::
+
+        - strategy: cost_eff
+          head_ratio: 0.5
+          ffn_ratio: 0.5
+          calibration: {max_accuracy_drop: 0.01}
+    """
+
+    name = "cost_eff"
+    kind = "dynamic"
+    Config: ClassVar[type[StageConfig]] = CostEffConfig
+
+    def apply(self, state: PipelineState, ctx: StageContext) -> PipelineState:
+        cfg: CostEffConfig = self.config  # type: ignore[assignment]
+        teacher = copy.deepcopy(state.model).eval().requires_grad_(False)
+        train_rows, heldout = split_for_calibration(state.data["train"], cfg.calibration.fraction, ctx.seed)
+        eval_set = state.data[ctx.recipe.recipe.evaluation.split]
+        exits_loss = functools.partial(multi_exit_loss, teacher=teacher, temperature=cfg.temperature)
+        both_loss = functools.partial(multi_exit_loss, teacher=teacher, temperature=cfg.temperature,
+                                      representation=True)
+        info: dict[str, Any] = {"history": {}, "parameters_before": count_parameters(state.model)}
+
+        def fit(model, epochs, loss, desc):
+            settings = TrainingConfig(epochs=epochs, learning_rate=cfg.learning_rate, batch_size=cfg.batch_size)
+            result = train(model, train_rows, eval_set, state.task, state.tokenizer, settings, ctx.seed,
+                           loss_fn=loss, desc=f"{ctx.name} {desc}")
+            info["history"][desc] = result.history
+
+        model = with_exit_heads(state.model, {"name": "entropy", "threshold": 0.0})
+        fit(model, cfg.exit_epochs, exits_loss, "exits")
+        assistant = copy.deepcopy(model)
+
+        done_heads = done_ffn = 0.0
+        data = loader(train_rows, state.tokenizer, cfg.batch_size, shuffle=True, seed=ctx.seed)
+        for step in range(1, cfg.prune_steps + 1):
+            heads, ffn = cfg.head_ratio * step / cfg.prune_steps, cfg.ffn_ratio * step / cfg.prune_steps
+            # a step's ratio is of what the previous steps left
+            step_cfg = StructuredPruneConfig(strategy="structured_prune", importance="taylor",
+                                             head_ratio=1 - (1 - heads) / (1 - done_heads),
+                                             ffn_ratio=1 - (1 - ffn) / (1 - done_ffn))
+            batches = [{k: v for k, v in b.items() if k in (*MODEL_INPUTS, "labels")}
+                       for b in itertools.islice(data, cfg.taylor_batches)]
+            model = prune(model, batches, step_cfg, loss_fn=exits_loss)
+            done_heads, done_ffn = heads, ffn
+            if cfg.recover_epochs > 0:
+                fit(model, cfg.recover_epochs, exits_loss, f"recover {step}")
+        if cfg.representation_epochs > 0:
+            fit(model, cfg.representation_epochs,
+                functools.partial(representation_loss, teacher=teacher), "representation")
+        if cfg.prediction_epochs > 0:
+            fit(model, cfg.prediction_epochs, both_loss, "prediction")
+
+        top = math.log(state.task.num_labels)
+        candidates = [top * i / (cfg.thresholds - 1) for i in range(cfg.thresholds)]
+        info["calibration"] = calibrate(model, heldout, state.tokenizer, "threshold", candidates, cfg.calibration)
+        points = [top * i / (cfg.curve_points - 1) for i in range(cfg.curve_points)]
+        info["curve"] = threshold_curve(model, eval_set, state.tokenizer, points)
+        info["curve_unpruned"] = threshold_curve(assistant, eval_set, state.tokenizer, points)
+        info["parameters_after"] = count_parameters(model)
+        info["layers"] = [{"heads": len(s["heads"]), "intermediate_size": s["intermediate_size"]}
+                          for s in model.config.layers]
+        plot_curves(info["curve"], info["curve_unpruned"], ctx.work_dir / "curve.png")
+        state.model, state.info = model, info
+        return state
+
+
+def soft_targets(teacher_logits: torch.Tensor, labels: torch.Tensor, temperature: float) -> torch.Tensor:
+    """The teacher's final prediction averaged with the one-hot label (what every exit learns)."""
+    teacher = F.softmax(teacher_logits / temperature, -1)
+    return 0.5 * teacher + 0.5 * F.one_hot(labels, teacher.shape[-1]).to(teacher.dtype)
+
+
+def multi_exit_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], teacher: torch.nn.Module,
+                    temperature: float, representation: bool = False) -> torch.Tensor:
+    """Soft cross-entropy of every exit and the final head against `soft_targets` (+ hidden MSE)."""
+    inputs = {k: v for k, v in batch.items() if k in MODEL_INPUTS}
+    out = model(**inputs, dynamic=False, output_hidden_states=representation)
+    with torch.no_grad():
+        ref = teacher(**inputs, dynamic=False, output_hidden_states=representation)
+    target = soft_targets(ref.logits, batch["labels"], temperature)
+    logits = [out.exit_logits[i] for i in sorted(out.exit_logits or {})] + [out.logits]
+    loss = sum(-(target * F.log_softmax(x, -1)).sum(-1).mean() for x in logits) / len(logits)
+    if representation:
+        loss = loss + hidden_mse(out, ref, inputs["attention_mask"])
+    return loss
+
+
+def representation_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], teacher: torch.nn.Module
+                        ) -> torch.Tensor:
+    inputs = {k: v for k, v in batch.items() if k in MODEL_INPUTS}
+    out = model(**inputs, dynamic=False, output_hidden_states=True)
+    with torch.no_grad():
+        ref = teacher(**inputs, dynamic=False, output_hidden_states=True)
+    return hidden_mse(out, ref, inputs["attention_mask"])
+
+
+def hidden_mse(out: Any, ref: Any, mask: torch.Tensor) -> torch.Tensor:
+    """Embedding + every layer's hidden states against the teacher's (same depth, same width)."""
+    pairs = list(zip(out.hidden_states, ref.hidden_states, strict=True))
+    return sum(token_mse(s, t, mask) for s, t in pairs) / len(pairs)
+
+
+def threshold_curve(model: CompressedModelForSequenceClassification, dataset: Any, tokenizer: Any,
+                    thresholds: list[float], flops_examples: int = 128) -> list[dict[str, float]]:
+    """Accuracy, average exit layer and counted FLOPs per example for each entropy threshold."""
+    logits, states, labels = all_exit_logits(model, dataset, tokenizer)
+    kept = model.exit_rule.threshold
+    rows = []
+    for value in thresholds:
+        model.exit_rule.threshold = value
+        exit_layer, preds = replay(model, logits, states)
+        rows.append({"threshold": value, "accuracy": float((preds == labels).float().mean()),
+                     "avg_layers": float(exit_layer.float().mean()),
+                     "flops_per_example": flops_per_example(model, dataset, tokenizer, max_examples=flops_examples)})
+    model.exit_rule.threshold = kept
+    return rows
+
+
+def plot_curves(curve: list[dict], unpruned: list[dict], path: Any) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for rows, label in ((unpruned, "multi-exit, full width"), (curve, "COST-EFF (slenderized)")):
+        ax.plot([r["flops_per_example"] / 1e9 for r in rows], [r["accuracy"] for r in rows], marker="o", label=label)
+    ax.set_xlabel("GFLOPs per example (counted)")
+    ax.set_ylabel("accuracy")
+    ax.set_title("Entropy-threshold sweep")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
