@@ -179,3 +179,47 @@ def evaluate(model: str, task_name: str, split: str, max_samples: int | None, ma
     metrics = run_eval(loaded, data[split], task, tokenizer, batch_size)
     metrics["parameters"] = count_parameters(loaded)
     click.echo(json.dumps(metrics, indent=2))
+
+
+@main.command()
+@click.argument("model")
+@click.option("--output", "-o", required=True, type=click.Path(file_okay=False), help="Export directory.")
+@click.option("--quantize", type=click.Choice(["int8"]), default=None, help="Also write INT8 graphs (ORTQuantizer).")
+@click.option("--atol", type=float, default=1e-4, show_default=True, help="Largest logit difference vs PyTorch.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing export directory.")
+@handle_errors
+def export(model: str, output: str, quantize: str | None, atol: float, overwrite: bool) -> None:
+    """Export MODEL (a compresskit or stock model directory) to ONNX for ONNX Runtime."""
+    from compresskit.export import export_model
+    from compresskit.modeling.loading import load_model
+
+    loaded, tokenizer = load_model(model)
+    manifest = export_model(loaded, tokenizer, output, quantize=quantize, atol=atol, overwrite=overwrite)
+    click.echo(f"exported {manifest['kind']} model to {output}: {len(manifest['graphs'])} graph(s), "
+               f"max |logit diff| vs PyTorch {manifest['max_abs_diff']:.1e}"
+               + (", INT8 graphs written" if quantize else ""))
+
+
+@main.command()
+@click.argument("export_dir", type=click.Path(file_okay=False))
+@click.option("--text", "texts", multiple=True, help="A text to classify (repeatable).")
+@click.option("--pair", "pairs", multiple=True, nargs=2, help="A sentence pair (repeatable).")
+@click.option("--file", "file", type=click.Path(dir_okay=False),
+              help="One text per line (.txt; 'a<TAB>b' for pairs), or .csv/.jsonl with --column(s).")
+@click.option("--column", "columns", multiple=True, help="Text column(s) of a csv/jsonl file (two for pairs).")
+@click.option("--int8", is_flag=True, help="Use the INT8 graphs.")
+@click.option("--max-length", type=int, default=128, show_default=True, help="Longer inputs are truncated.")
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@handle_errors
+def predict(export_dir: str, texts: tuple[str, ...], pairs: tuple[tuple[str, str], ...], file: str | None,
+            columns: tuple[str, ...], int8: bool, max_length: int, batch_size: int) -> None:
+    """Classify texts with an exported model; prints one JSON line per input."""
+    import json
+
+    from compresskit.export import OnnxClassifier
+    from compresskit.export.inputs import read_inputs
+
+    inputs = read_inputs(texts, pairs, file, columns)
+    model = OnnxClassifier.from_pretrained(export_dir, quantized=int8)
+    for result in model.predict(inputs, batch_size=batch_size, max_length=max_length):
+        click.echo(json.dumps(result))

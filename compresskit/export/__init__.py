@@ -1,0 +1,6 @@
+"""Deployment: ONNX export (Optimum for static models, per-part graphs for dynamic ones) and its runtime."""
+
+from compresskit.export.onnx_export import export_model
+from compresskit.export.runtime import OnnxClassifier
+
+__all__ = ["OnnxClassifier", "export_model"]

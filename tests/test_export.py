@@ -1,0 +1,157 @@
+"""ONNX export: agreement with PyTorch, a runtime that really skips, INT8, predict, atomic artifacts."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from compresskit.errors import CompressKitError
+from compresskit.export import OnnxClassifier, export_model
+from compresskit.export import onnx_export as onnx_export_module
+from tests.conftest import make_tokenizer
+from tests.test_cli import invoke
+from tests.test_modeling import compressed, diversify, inputs
+
+SHAPES = [
+    pytest.param("bert", dict(), id="bert-static"),
+    pytest.param("mpnet", dict(), id="mpnet-static"),
+    pytest.param("bert", dict(gates=True), id="bert-gated"),
+    pytest.param("mpnet", dict(exits="entropy"), id="mpnet-exits"),
+    pytest.param("roberta", dict(gates=True, exits="patience_confidence"), id="roberta-gated+exits"),
+    pytest.param("bert", dict(exits="policy"), id="bert-policy"),
+]
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    return make_tokenizer(tmp_path_factory.mktemp("tokenizer"))
+
+
+def model_of(backbone: str, shape: dict):
+    model = compressed(backbone, **shape)
+    if model.is_dynamic:
+        diversify(model)
+    return model.eval()
+
+
+def feeds(batch: dict[str, torch.Tensor], runtime: OnnxClassifier) -> dict[str, np.ndarray]:
+    return {k: v.numpy() for k, v in batch.items() if k in runtime.inputs}
+
+
+@pytest.mark.parametrize("backbone, shape", SHAPES)
+def test_export_agrees_with_pytorch_and_skips_the_same_layers(backbone, shape, tokenizer, tmp_path):
+    model = model_of(backbone, shape)
+    manifest = export_model(model, tokenizer, tmp_path / "onnx")
+    assert manifest["kind"] == ("dynamic" if model.is_dynamic else "static")
+    assert manifest["max_abs_diff"] <= 1e-4
+    runtime = OnnxClassifier.from_pretrained(tmp_path / "onnx")
+    batch = inputs(batch=12, seed=3)
+    with torch.no_grad():
+        expected = model(**{k: v for k, v in batch.items() if k in runtime.inputs})
+    got = runtime.forward(feeds(batch, runtime))
+    np.testing.assert_allclose(got.logits, expected.logits.numpy(), atol=1e-4, rtol=0)
+    np.testing.assert_array_equal(got.logits.argmax(1), expected.logits.numpy().argmax(1))
+    np.testing.assert_array_equal(got.layers_executed, expected.layers_executed.numpy())
+    if model.is_dynamic:
+        assert len(set(got.layers_executed.tolist())) > 1  # examples really took different paths
+
+
+def test_the_runtime_runs_each_layer_only_on_the_rows_that_need_it(tokenizer, tmp_path, monkeypatch):
+    model = model_of("bert", dict(gates=True))
+    export_model(model, tokenizer, tmp_path / "onnx")
+    runtime = OnnxClassifier(tmp_path / "onnx")
+    rows_seen: dict[str, int] = {}
+    run = runtime._run
+
+    def counting(name, feeds_):
+        rows_seen[name] = rows_seen.get(name, 0) + len(next(iter(feeds_.values())))
+        return run(name, feeds_)
+
+    monkeypatch.setattr(runtime, "_run", counting)
+    batch = inputs(batch=12, seed=3)
+    out = runtime.forward(feeds(batch, runtime))
+    with torch.no_grad():
+        mask = model(**batch).layer_mask
+    for i in range(model.num_layers):
+        assert rows_seen.get(f"layer_{i}", 0) == int(mask[:, i].sum())  # skipped rows cost nothing
+    assert sum(rows_seen.get(f"layer_{i}", 0) for i in range(model.num_layers)) == out.layers_executed.sum()
+    assert out.layers_executed.sum() < 12 * model.num_layers
+
+
+def test_a_batch_predicts_what_one_example_at_a_time_does(tokenizer, tmp_path):
+    model = model_of("mpnet", dict(exits="entropy"))
+    export_model(model, tokenizer, tmp_path / "onnx")
+    runtime = OnnxClassifier(tmp_path / "onnx")
+    batch = inputs(batch=8, seed=5)
+    together = runtime.forward(feeds(batch, runtime))
+    for row in range(8):
+        length = int(batch["attention_mask"][row].sum())
+        alone = runtime.forward({k: v[row:row + 1, :length] for k, v in feeds(batch, runtime).items()})
+        np.testing.assert_allclose(alone.logits[0], together.logits[row], atol=1e-4)
+        assert alone.exit_layer[0] == together.exit_layer[row]
+
+
+def test_int8_graphs_are_written_and_used(tokenizer, tmp_path):
+    model = model_of("bert", dict(gates=True))
+    manifest = export_model(model, tokenizer, tmp_path / "onnx", quantize="int8")
+    assert manifest["quantized"]["suffix"] == "_quantized"
+    layer = onnx.load(tmp_path / "onnx" / "layer_0_quantized.onnx")
+    assert {"DynamicQuantizeLinear", "MatMulInteger"} <= {node.op_type for node in layer.graph.node}
+    for graph in manifest["graphs"]:
+        assert (tmp_path / "onnx" / graph.replace(".onnx", "_quantized.onnx")).exists()
+    quantized = OnnxClassifier(tmp_path / "onnx", quantized=True)
+    out = quantized.forward(feeds(inputs(batch=6), quantized))
+    assert out.logits.shape == (6, 2) and np.isfinite(out.logits).all()
+
+
+def test_an_export_that_fails_validation_leaves_nothing(tokenizer, tmp_path, monkeypatch):
+    def disagree(*args, **kwargs):
+        raise CompressKitError("export: ONNX and PyTorch disagree")
+
+    monkeypatch.setattr(onnx_export_module, "_validate", disagree)
+    with pytest.raises(CompressKitError, match="disagree"):
+        export_model(model_of("bert", dict(gates=True)), tokenizer, tmp_path / "onnx")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_existing_export_is_not_overwritten_by_accident(tokenizer, tmp_path):
+    (tmp_path / "onnx").mkdir()
+    with pytest.raises(CompressKitError, match="exists"):
+        export_model(model_of("bert", {}), tokenizer, tmp_path / "onnx")
+
+
+def test_cli_export_then_predict_texts_files_and_bad_input(tiny_model_dir, tmp_path):
+    out = tmp_path / "onnx"
+    result = invoke("export", str(tiny_model_dir), "--output", str(out))
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "compresskit_export.json").read_text())["kind"] == "static"
+
+    result = invoke("predict", str(out), "--text", "a fine film", "--text", "", "--text", "word " * 500)
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in result.output.splitlines()]
+    assert len(lines) == 3 and all({"label", "score", "layers"} <= set(x) for x in lines)  # empty, overlong: fine
+
+    txt = tmp_path / "in.txt"
+    txt.write_text("good\n\nbad\n")
+    result = invoke("predict", str(out), "--file", str(txt))
+    assert result.exit_code == 0 and len(result.output.splitlines()) == 3
+
+    table = tmp_path / "in.csv"
+    table.write_text("review,id\ngreat,1\n")
+    for args, message in [
+        (["--file", str(table)], "--column"),
+        (["--file", str(table), "--column", "text"], "has no column(s) ['text']"),
+        (["--file", str(tmp_path / "missing.txt")], "does not exist"),
+        ([], "nothing to classify"),
+    ]:
+        result = invoke("predict", str(out), *args)
+        assert result.exit_code == 2 and message in result.output, result.output
+    result = invoke("predict", str(out), "--file", str(table), "--column", "review")
+    assert result.exit_code == 0 and len(result.output.splitlines()) == 1
+
+    result = invoke("predict", str(tmp_path), "--text", "x")
+    assert result.exit_code == 2 and "not a compresskit export" in result.output
