@@ -75,7 +75,7 @@ class CostEffConfig(StageConfig):
 class CostEffStrategy(Strategy):
     """COST-EFF: slenderize width by Taylor importance, exit after every layer, distil; entropy exits.
 
-    Example stage (on a fine-tuned model, which is also the teacher)::
+    The incoming (fine-tuned) model is also the teacher. Example stage::
 
         - strategy: cost_eff
           head_ratio: 0.5
