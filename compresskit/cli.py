@@ -214,8 +214,6 @@ def export(model: str, output: str, quantize: str | None, atol: float, overwrite
 def predict(export_dir: str, texts: tuple[str, ...], pairs: tuple[tuple[str, str], ...], file: str | None,
             columns: tuple[str, ...], int8: bool, max_length: int, batch_size: int) -> None:
     """Classify texts with an exported model; prints one JSON line per input."""
-    import json
-
     from compresskit.export import OnnxClassifier
     from compresskit.export.inputs import read_inputs
 
@@ -223,3 +221,31 @@ def predict(export_dir: str, texts: tuple[str, ...], pairs: tuple[tuple[str, str
     model = OnnxClassifier.from_pretrained(export_dir, quantized=int8)
     for result in model.predict(inputs, batch_size=batch_size, max_length=max_length):
         click.echo(json.dumps(result))
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True)
+@click.option("--task", default="rotten_tomatoes", show_default=True, help="Task whose texts are used.")
+@click.option("--split", default="test", show_default=True)
+@click.option("--examples", type=int, default=256, show_default=True)
+@click.option("--batch-sizes", default="1,32", show_default=True, help="Comma-separated.")
+@click.option("--max-length", type=int, default=64, show_default=True)
+@click.option("--repeats", type=int, default=3, show_default=True, help="Passes over the examples per model.")
+@click.option("--threads", type=int, default=None, help="torch and ONNX Runtime threads (default: torch's).")
+@click.option("--output", type=click.Path(dir_okay=False), default=None, help="Also write the results as JSON.")
+@handle_errors
+def benchmark(paths: tuple[str, ...], task: str, split: str, examples: int, batch_sizes: str, max_length: int,
+              repeats: int, threads: int | None, output: str | None) -> None:
+    """Latency (median, p90) and throughput of models and exports side by side (DIR:int8 for INT8)."""
+    from compresskit.benchmark import benchmark as run_benchmark
+    from compresskit.benchmark import markdown
+
+    try:
+        sizes = tuple(int(b) for b in batch_sizes.split(","))
+    except ValueError:
+        raise CompressKitError(f"--batch-sizes: expected numbers like 1,32, got {batch_sizes!r}") from None
+    result = run_benchmark(list(paths), task=task, split=split, examples=examples, batch_sizes=sizes,
+                           max_length=max_length, repeats=repeats, threads=threads)
+    click.echo(markdown(result))
+    if output:
+        Path(output).write_text(json.dumps(result, indent=2))

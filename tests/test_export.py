@@ -155,3 +155,31 @@ def test_cli_export_then_predict_texts_files_and_bad_input(tiny_model_dir, tmp_p
 
     result = invoke("predict", str(tmp_path), "--text", "x")
     assert result.exit_code == 2 and "not a compresskit export" in result.output
+
+
+def test_benchmark_runs_models_and_exports_side_by_side(tiny_model_dir, tiny_task, tokenizer, tmp_path):
+    from compresskit.benchmark import benchmark, markdown
+
+    model = model_of("bert", dict(gates=True))
+    model.save_pretrained(tmp_path / "gated")
+    tokenizer.save_pretrained(tmp_path / "gated")
+    export_model(model, tokenizer, tmp_path / "onnx", quantize="int8")
+    paths = [str(tiny_model_dir), str(tmp_path / "gated"), str(tmp_path / "onnx"), f"{tmp_path / 'onnx'}:int8"]
+    result = benchmark(paths, task=tiny_task, split="test", examples=10, batch_sizes=(1, 4), repeats=1, warmup=1,
+                       threads=1)
+    rows = result["rows"]
+    assert [(r["runtime"], r["batch_size"]) for r in rows] == [
+        (kind, b) for b in (1, 4) for kind in ("pytorch", "pytorch", "onnx", "onnx-int8")]
+    assert all(r["median_ms"] > 0 and r["p90_ms"] >= r["median_ms"] and r["examples_per_s"] > 0 for r in rows)
+    by_model = {(r["model"], r["batch_size"]): r for r in rows}
+    assert by_model[(str(tiny_model_dir), 4)]["avg_layers"] == 4.0
+    gated = by_model[(str(tmp_path / "gated"), 4)]["avg_layers"]
+    assert gated == by_model[(str(tmp_path / "onnx"), 4)]["avg_layers"] < model.num_layers  # same routes, skipped
+    assert "| model | runtime |" in markdown(result)
+
+
+def test_cli_benchmark_rejects_what_it_cannot_run(tmp_path):
+    result = invoke("benchmark", str(tmp_path / "nope"))
+    assert result.exit_code == 2 and "not a directory" in result.output
+    result = invoke("benchmark", str(tmp_path), "--batch-sizes", "one")
+    assert result.exit_code == 2 and "--batch-sizes" in result.output

@@ -1,0 +1,102 @@
+"""Latency and throughput of several models side by side, in one process, on the same batches.
+
+Each path is a PyTorch model directory (run with its routed inference: dynamic models skip work)
+or an ONNX export directory (`compresskit export`; `DIR:int8` for its INT8 graphs). The models take
+turns batch by batch, so a noisy neighbour slows them all alike; ratios between rows of one run
+are what to compare.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from compresskit.data.loading import load_splits, resolve_task
+from compresskit.errors import CompressKitError
+
+Runner = Callable[[dict[str, np.ndarray]], np.ndarray]  # encodings in, layers executed per example out
+
+
+def load_runner(spec: str, threads: int) -> tuple[Runner, Any, str]:
+    """(run one batch, tokenizer, kind) for a model or export directory (`DIR:int8` for INT8 graphs)."""
+    path, _, variant = spec.partition(":")
+    if not Path(path).is_dir():
+        raise CompressKitError(f"benchmark: {path} is not a directory (a model or an export)")
+    if (Path(path) / "compresskit_export.json").exists():
+        from compresskit.export import OnnxClassifier
+
+        model = OnnxClassifier(path, quantized=variant == "int8", threads=threads)
+        return (lambda enc: model.forward(enc).layers_executed), model.tokenizer, f"onnx{'-int8' if variant else ''}"
+    if variant:
+        raise CompressKitError(f"benchmark: {spec}: ':{variant}' applies to ONNX exports only")
+    from compresskit.modeling.loading import load_model
+
+    model, tokenizer = load_model(path)
+    model.eval()
+
+    @torch.no_grad()
+    def run(enc):
+        return model(**{k: torch.from_numpy(v) for k, v in enc.items()}).layers_executed.numpy()
+
+    return run, tokenizer, "pytorch"
+
+
+def benchmark(paths: list[str], task: str = "rotten_tomatoes", split: str = "test", examples: int = 256,
+              batch_sizes: tuple[int, ...] = (1, 32), max_length: int = 64, repeats: int = 3, warmup: int = 2,
+              threads: int | None = None) -> dict[str, Any]:
+    threads = threads or torch.get_num_threads()
+    torch.set_num_threads(threads)
+    spec = resolve_task(task)
+    raw = load_splits(spec, [split], max_eval_samples=examples)[split]
+    fields = [f for f in ("text_a", "text_b") if f in raw.column_names]
+    texts = [[row[f] for f in fields] for row in raw]
+    runners = [load_runner(p, threads) for p in paths]
+    rows = []
+    for batch_size in batch_sizes:
+        chunks = [texts[i:i + batch_size] for i in range(0, len(texts), batch_size)]
+        encoded = [[_encode(tok, chunk, max_length) for chunk in chunks] for _, tok, _ in runners]
+        times: list[list[float]] = [[] for _ in runners]
+        layers: list[list[float]] = [[] for _ in runners]
+        for m, (run, _, _) in enumerate(runners):
+            for enc in encoded[m][:warmup]:
+                run(enc)
+        for _ in range(repeats):
+            for b in range(len(chunks)):
+                for m, (run, _, _) in enumerate(runners):  # models take turns, batch by batch
+                    started = time.perf_counter()
+                    executed = run(encoded[m][b])
+                    times[m].append(time.perf_counter() - started)
+                    layers[m].extend(np.asarray(executed, dtype=float).tolist())
+        for m, (path, (_, _, kind)) in enumerate(zip(paths, runners, strict=True)):
+            ts = sorted(times[m])
+            rows.append({"model": path, "runtime": kind, "batch_size": batch_size,
+                         "median_ms": 1e3 * statistics.median(ts), "p90_ms": 1e3 * ts[int(0.9 * (len(ts) - 1))],
+                         "examples_per_s": len(texts) * repeats / sum(ts), "avg_layers": statistics.fmean(layers[m])})
+    base = {r["batch_size"]: r["examples_per_s"] for r in rows if r["model"] == paths[0]}
+    for r in rows:
+        r["speedup_vs_first"] = r["examples_per_s"] / base[r["batch_size"]]
+    return {"task": task, "split": split, "examples": len(texts), "max_length": max_length, "threads": threads,
+            "repeats": repeats, "rows": rows}
+
+
+def _encode(tokenizer: Any, chunk: list[list[str]], max_length: int) -> dict[str, np.ndarray]:
+    columns = [list(c) for c in zip(*chunk, strict=True)]
+    enc = tokenizer(*columns, padding=True, truncation=True, max_length=max_length, return_tensors="np")
+    return {k: v.astype(np.int64) for k, v in enc.items()}
+
+
+def markdown(result: dict[str, Any]) -> str:
+    lines = [f"{result['examples']} examples of {result['task']}/{result['split']}, max length "
+             f"{result['max_length']}, {result['threads']} threads, {result['repeats']} passes", "",
+             "| model | runtime | batch | median ms | p90 ms | examples/s | avg layers | speed-up vs first |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        lines.append(f"| {r['model']} | {r['runtime']} | {r['batch_size']} | {r['median_ms']:.1f} | {r['p90_ms']:.1f} "
+                     f"| {r['examples_per_s']:.1f} | {r['avg_layers']:.2f} | {r['speedup_vs_first']:.2f}x |")
+    return "\n".join(lines)
