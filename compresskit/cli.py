@@ -249,3 +249,15 @@ def benchmark(paths: tuple[str, ...], task: str, split: str, examples: int, batc
     click.echo(markdown(result))
     if output:
         Path(output).write_text(json.dumps(result, indent=2))
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--measure", is_flag=True, help="Time every stage's model side by side (else: FLOPs speed-up).")
+@click.option("--batch-size", type=int, default=32, show_default=True, help="Batch size of --measure.")
+@handle_errors
+def report(run_dir: str, measure: bool, batch_size: int) -> None:
+    """Write RUN_DIR/report/report.md: per-stage table, accuracy vs speed-up plot, layer usage."""
+    from compresskit.run_report import write_report
+
+    click.echo(f"wrote {write_report(run_dir, measure=measure, batch_size=batch_size)}")

@@ -143,3 +143,20 @@ def test_the_report_compares_the_final_model_with_the_chosen_baseline(tiny_recip
     retained = report["summary"]["validation_accuracy_retained"]
     assert retained == report["final"]["validation"]["accuracy"] / report["baseline"]["validation"]["accuracy"]
     assert report["summary"]["flops_speedup"] == 1.0 and report["summary"]["parameter_ratio"] == 1.0
+
+
+def test_report_command_writes_markdown_and_plots(tiny_recipe, tmp_path):
+    from compresskit.run_report import write_report
+
+    recipe = tiny_recipe([
+        {"strategy": "finetune", "name": "teacher", "epochs": 1, "learning_rate": 1e-3, "batch_size": 16},
+        {"strategy": "hadskip", "name": "skip", "budget": 2, "gate_epochs": 0.5, "epochs_per_budget": 0.5,
+         "batch_size": 16},
+    ])
+    run_dir = tmp_path / "run"
+    Pipeline(load_recipe(recipe), run_dir).run()
+    path = write_report(run_dir, measure=True, batch_size=4)
+    text = path.read_text()
+    assert "| teacher | finetune |" in text and "| skip | hadskip |" in text and "measured speed-up" in text
+    assert (run_dir / "report" / "pareto.png").exists() and (run_dir / "report" / "layer_usage_skip.png").exists()
+    assert "## Layer usage of `skip`" in text

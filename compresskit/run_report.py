@@ -1,0 +1,131 @@
+"""`compresskit report RUN_DIR`: a Markdown report of a run, with its plots.
+
+Per stage: accuracy, layers executed, FLOPs and parameters; the accuracy-vs-speed-up picture of
+every stage's model (speed-up from counted FLOPs, or measured with `--measure`: every stage's
+model timed side by side in one benchmark run); per-layer usage and the layers-used histogram of
+dynamic stages (HadSkip's `layer_usage`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from compresskit.errors import CompressKitError
+
+
+def load_run(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / "report.json"
+    if not path.exists():
+        raise CompressKitError(f"report: {run_dir} has no report.json (is it a finished `compresskit apply` run?)")
+    return json.loads(path.read_text())
+
+
+def stage_dirs(run_dir: Path) -> dict[str, Path]:
+    """Finished stage directories by stage name (`NN-name`)."""
+    return {d.name.split("-", 1)[1]: d for d in sorted((run_dir / "stages").glob("[0-9][0-9]-*"))
+            if (d / ".complete").exists()}
+
+
+def write_report(run_dir: str | Path, measure: bool = False, batch_size: int = 32) -> Path:
+    run_dir = Path(run_dir)
+    report = load_run(run_dir)
+    dirs = stage_dirs(run_dir)
+    split = next(iter(report["baseline"].keys() - {"stage", "flops_per_example", "parameters", "num_layers"}),
+                 "validation")
+    metric = report["main_metric"]
+    base = report["baseline"]
+    rows = []
+    for stage in report["stages"]:
+        ev = stage["evaluation"]
+        if split not in ev:
+            continue
+        rows.append({"stage": stage["name"], "strategy": stage["strategy"], "metric": ev[split][metric],
+                     "avg_layers": ev[split]["avg_layers"], "flops": ev["flops_per_example"],
+                     "parameters": ev["parameters"], "seconds": stage["seconds"],
+                     "flops_speedup": base["flops_per_example"] / max(ev["flops_per_example"], 1.0)})
+    measured = _measure(run_dir, report, dirs, batch_size) if measure else None
+    if measured:
+        for row in rows:
+            row["measured_speedup"] = measured.get(row["stage"])
+    out = run_dir / "report"
+    out.mkdir(exist_ok=True)
+    _plot_pareto(rows, base[split][metric], metric, out / "pareto.png", measured is not None)
+
+    lines = [f"# Run report: {report['recipe']}", "",
+             f"Task `{report['task']}`, {metric} on the `{split}` split. Baseline: `{base['stage']}` "
+             f"({base[split][metric]:.4f}, {base['flops_per_example'] / 1e9:.2f} GFLOPs/example).", "",
+             "| stage | strategy | " + metric + " | avg layers | GFLOPs/example | params | FLOPs speed-up"
+             + (f" | measured speed-up (batch {batch_size})" if measured else "") + " | wall s |",
+             "|---|---|---|---|---|---|---|" + ("---|" if measured else "") + "---|"]
+    for r in rows:
+        lines.append(f"| {r['stage']} | {r['strategy']} | {r['metric']:.4f} | {r['avg_layers']:.2f} "
+                     f"| {r['flops'] / 1e9:.3f} | {r['parameters'] / 1e6:.1f}M | {r['flops_speedup']:.2f}x"
+                     + (f" | {r['measured_speedup']:.2f}x" if measured and r.get('measured_speedup') else
+                        (" | -" if measured else ""))
+                     + f" | {r['seconds']:.0f} |")
+    final = report["final"]
+    extra = [s for s in final if s not in ("stage", "flops_per_example", "parameters", "num_layers", split)]
+    for other in extra:
+        lines += ["", f"Final model (`{final['stage']}`) on `{other}`: {metric} {final[other][metric]:.4f}, "
+                  f"{final[other]['avg_layers']:.2f} layers per example (baseline "
+                  f"{base.get(other, {}).get(metric, float('nan')):.4f})."]
+    lines += ["", "![accuracy vs speed-up](pareto.png)"]
+    for stage in report["stages"]:
+        usage = stage.get("info", {}).get("layer_usage")
+        if usage:
+            name = f"layer_usage_{stage['name']}.png"
+            from compresskit.evaluation.evaluate import plot_layer_usage
+
+            plot_layer_usage(usage, out / name, f"{stage['name']}: layer usage")
+            per_layer = ", ".join(f"{p:.2f}" for p in usage["per_layer"])
+            lines += ["", f"## Layer usage of `{stage['name']}`", "",
+                      f"Share of examples running each layer: {per_layer}.", "", f"![layer usage]({name})"]
+    path = out / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _measure(run_dir: Path, report: dict[str, Any], dirs: dict[str, Path], batch_size: int) -> dict[str, float]:
+    """Throughput of every stage's model relative to the baseline's, timed side by side in one run."""
+    import yaml
+
+    from compresskit.benchmark import benchmark
+    from compresskit.modeling.loading import resolve_model_path
+
+    recipe = yaml.safe_load((run_dir / "recipe.yaml").read_text())
+    base = report["baseline"]["stage"]
+    if base in dirs:
+        base_path = str(dirs[base] / "model")
+    else:  # the recipe's input model
+        base_path = str(resolve_model_path(recipe["model"]))
+    paths = {base: base_path}
+    paths.update({s["name"]: str(dirs[s["name"]] / "model") for s in report["stages"]
+                  if s["name"] in dirs and s["name"] != base and (dirs[s["name"]] / "model").exists()})
+    result = benchmark(list(paths.values()), task=recipe["task"],
+                       batch_sizes=(batch_size,), examples=128, repeats=2)
+    by_path = {r["model"]: r["speedup_vs_first"] for r in result["rows"]}
+    return {name: by_path[path] for name, path in paths.items()}
+
+
+def _plot_pareto(rows: list[dict[str, Any]], base_metric: float, metric: str, path: Path, measured: bool) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    key = "measured_speedup" if measured else "flops_speedup"
+    for r in rows:
+        x = r.get(key) or r["flops_speedup"]
+        ax.scatter(x, r["metric"])
+        ax.annotate(r["stage"], (x, r["metric"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.axhline(base_metric, color="grey", lw=0.8, ls="--", label="baseline")
+    ax.set_xlabel("measured speed-up" if measured else "speed-up from counted FLOPs")
+    ax.set_ylabel(metric)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
