@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -135,19 +136,24 @@ def test_layer_shapes_follow_the_config(backbone):
     assert sizes == [(2, 16, 16), (3, 24, 64), (4, 32, 40)]
 
 
-def test_reload_in_a_fresh_process_needs_only_the_directory(tmp_path):
-    model = compressed("mpnet", gates=True, exits="entropy")
-    model.save_pretrained(tmp_path)
-    expected = model(**inputs()).logits
-    torch.save(inputs(), tmp_path / "inputs.pt")
+def logits_in_a_fresh_process(directory: Path, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Load a saved model with the transformers Auto classes in a new Python process; its logits on `batch`."""
+    torch.save(batch, directory / "inputs.pt")
     code = (
         "import sys, torch, compresskit\n"
         "from transformers import AutoModelForSequenceClassification as A\n"
         "m = A.from_pretrained(sys.argv[1]).eval()\n"
         "torch.save(m(**torch.load(sys.argv[1] + '/inputs.pt')).logits, sys.argv[1] + '/out.pt')\n"
     )
-    subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True)
-    torch.testing.assert_close(torch.load(tmp_path / "out.pt"), expected)
+    subprocess.run([sys.executable, "-c", code, str(directory)], check=True)
+    return torch.load(directory / "out.pt")
+
+
+def test_reload_in_a_fresh_process_needs_only_the_directory(tmp_path):
+    model = compressed("mpnet", gates=True, exits="entropy")
+    model.save_pretrained(tmp_path)
+    expected = model(**inputs()).logits
+    torch.testing.assert_close(logits_in_a_fresh_process(tmp_path, inputs()), expected)
 
 
 @pytest.mark.parametrize("backbone", BACKBONES)

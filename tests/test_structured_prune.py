@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 import torch
 
@@ -15,7 +12,7 @@ from compresskit.pipeline import Pipeline
 from compresskit.recipe import load_recipe
 from compresskit.strategies.structured_prune import StructuredPruneConfig, prune
 from tests.conftest import CONFIGS
-from tests.test_modeling import inputs
+from tests.test_modeling import inputs, logits_in_a_fresh_process
 
 DEAD_HEADS = [[1, 3], [0, 1], [2, 3], [0, 2]]  # per layer of the tiny 4-layer, 4-head model
 
@@ -77,16 +74,8 @@ def test_global_scope_takes_more_from_the_layer_that_matters_least():
 def test_the_pruned_model_reloads_in_a_fresh_process_with_the_auto_classes(tmp_path):
     pruned = prune(model_with_dead_units("bert"), batches(), settings(head_ratio=0.25, ffn_ratio=0.5)).eval()
     pruned.save_pretrained(tmp_path)
-    torch.save(inputs(), tmp_path / "inputs.pt")
-    code = (
-        "import sys, torch, compresskit\n"
-        "from transformers import AutoModelForSequenceClassification as A\n"
-        "m = A.from_pretrained(sys.argv[1]).eval()\n"
-        "torch.save(m(**torch.load(sys.argv[1] + '/inputs.pt')).logits, sys.argv[1] + '/out.pt')\n"
-    )
-    subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True)
     with torch.no_grad():
-        torch.testing.assert_close(torch.load(tmp_path / "out.pt"), pruned(**inputs()).logits)
+        torch.testing.assert_close(logits_in_a_fresh_process(tmp_path, inputs()), pruned(**inputs()).logits)
 
 
 def test_mpnet_heads_are_refused_with_a_way_out_and_its_ffn_prunes():
