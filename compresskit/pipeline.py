@@ -317,6 +317,7 @@ class Pipeline:
             "recipe": r.name,
             "task": self.task.name,
             "main_metric": self.task.main_metric,
+            "evaluation_split": r.evaluation.split,
             "stages": [{k: s[k] for k in ("name", "strategy", "seconds", "evaluation", "info")} for s in stages],
             "baseline": {"stage": baseline_name, **baseline_profile},
             "final": {"stage": stages[-1]["name"], **final_profile},

@@ -32,8 +32,10 @@ def write_report(run_dir: str | Path, measure: bool = False, batch_size: int = 3
     run_dir = Path(run_dir)
     report = load_run(run_dir)
     dirs = stage_dirs(run_dir)
-    split = next(iter(report["baseline"].keys() - {"stage", "flops_per_example", "parameters", "num_layers"}),
-                 "validation")
+    # the split every stage was evaluated on (runs older than the key: the first stage's split)
+    split = report.get("evaluation_split") or next(
+        (s for s in report["stages"][0]["evaluation"] if isinstance(report["stages"][0]["evaluation"][s], dict)),
+        "validation")
     metric = report["main_metric"]
     base = report["baseline"]
     rows = []
