@@ -170,11 +170,13 @@ class PolicyRule(ExitRule):
     """ConsistentEE: a policy network per layer reads the [CLS] state; exit when P(exit) > 0.5.
 
     Each policy is `Linear(h, policy_hidden) -> GELU -> Linear(policy_hidden, 1) -> sigmoid`; the
-    last layer has none (every example still running predicts there).
+    last layer has none (every example still running predicts there). `threshold` (the paper's
+    0.5) can be moved to trade accuracy for depth without retraining (benchmarks/exit_curve.py).
     """
 
-    def __init__(self, num_layers: int, hidden_size: int, policy_hidden: int = 32):
+    def __init__(self, num_layers: int, hidden_size: int, policy_hidden: int = 32, threshold: float = 0.5):
         super().__init__(num_layers, hidden_size)
+        self.threshold = threshold
         self.policies = nn.ModuleList(
             nn.Sequential(nn.Linear(hidden_size, policy_hidden), nn.GELU(), nn.Linear(policy_hidden, 1))
             for _ in range(num_layers - 1)
@@ -184,7 +186,7 @@ class PolicyRule(ExitRule):
         return torch.sigmoid(self.policies[layer](cls_state)).squeeze(-1)
 
     def should_exit(self, layer, logits, hidden, rows, state):
-        return self.exit_probability(layer, hidden[:, 0]) > 0.5
+        return self.exit_probability(layer, hidden[:, 0]) > self.threshold
 
 
 @register_exit_rule("learned")

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Issue-5 results (docs/benchmarks.md, "Early exit"): DeeBERT, PABEE, BERxiT, PCEE-BERT and
+# ConsistentEE on the fine-tuned MiniLM-L6, with the budgeted-exit baselines, on one plot.
+# Usage: bash benchmarks/early_exit.sh [train|curves] ...   (default: both)
+#   EE_METHODS="pabee consistentee" restricts `train`; the teacher and the budgeted-exit runs come
+#   from benchmarks/hadskip.sh (steps `teacher` and `baselines`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+finetuned=runs/minilm-l6-2ep/stages/00-finetuned/model
+methods=(${EE_METHODS:-deebert pabee berxit pcee consistentee})
+
+train() {
+  [ -d "$finetuned" ] || bash benchmarks/hadskip.sh teacher
+  for m in "${methods[@]}"; do
+    compresskit apply "benchmarks/recipes/early_exit/$m.yaml" -o "runs/ee-$m" --set "model=$finetuned"
+  done
+}
+curves() {
+  local args=()
+  for m in deebert pabee berxit pcee consistentee; do
+    [ -d "runs/ee-$m/stages/00-exit/model" ] && args+=("$m=runs/ee-$m/stages/00-exit/model")
+  done
+  for k in 1 2 3 4 5; do
+    [ -d "runs/budgeted-exit-k$k/stages/00-first_k/model" ] &&
+      args+=(--point "budgeted-exit@$k=runs/budgeted-exit-k$k/stages/00-first_k/model")
+  done
+  python benchmarks/exit_curve.py "${args[@]}" --reference "MiniLM-L6 fine-tuned=$finetuned" \
+    --output docs/results/early_exit/curves.json --plot docs/results/early_exit/curves.png
+}
+for step in "${@:-train curves}"; do
+  for s in $step; do "$s"; done
+done

@@ -1,0 +1,142 @@
+"""Accuracy vs average executed layers of early-exit models, one curve per model, on one plot.
+
+    python benchmarks/exit_curve.py pabee=runs/ee-pabee/stages/00-exit/model \
+        consistentee=runs/ee-consistentee/stages/00-exit/model ... \
+        --point budgeted-exit=runs/budgeted-exit-k2/stages/00-first_k/model ... \
+        --reference full=runs/minilm-l6-2ep/stages/00-finetuned/model \
+        --output docs/results/early_exit/curves.json --plot docs/results/early_exit/curves.png
+
+Every exit's logits are computed once per model on the split; the model's own exit rule is then
+replayed over a sweep of its knob (entropy / certainty / exit-probability threshold, patience),
+so each point is exactly what inference with that setting does. The operating point the strategy
+calibrated is marked. `--point` models (budgeted exit, HadSkip, static models) give one point each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from compresskit.data.loading import load_splits, resolve_task, tokenize
+from compresskit.evaluation.evaluate import evaluate
+from compresskit.modeling.loading import load_model
+from compresskit.training.early_exit import all_exit_logits, replay
+
+
+def results_split(data) -> str:
+    (name,) = data.keys()
+    return name
+
+
+def sweep(rule_name: str, num_layers: int, num_labels: int) -> tuple[str, list[float]]:
+    """The knob of each exit rule and the values to replay."""
+    if rule_name == "entropy":
+        return "threshold", list(np.linspace(0, math.log(num_labels), 41))
+    if rule_name == "patience":
+        return "patience", list(range(1, num_layers))
+    if rule_name == "policy":
+        return "threshold", list(np.linspace(0.025, 0.975, 39))
+    if rule_name in ("learned", "patience_confidence"):
+        return "threshold", list(np.linspace(0, 1, 41))
+    raise SystemExit(f"exit_curve: no sweep for exit rule {rule_name!r}; pass the model with --point")
+
+
+def curve(path: str, data, task, max_length: int) -> dict:
+    model, tokenizer = load_model(path, task)
+    split = tokenize(data, tokenizer, max_length)[results_split(data)]
+    logits, states, labels = all_exit_logits(model, split, tokenizer)
+    rule = model.config.exit_rule or {}
+    knob, values = sweep(rule["name"], model.num_layers, task.num_labels)
+    chosen = getattr(model.exit_rule, knob)
+    points = []
+    for value in [*values, chosen]:
+        setattr(model.exit_rule, knob, value)
+        exit_layer, preds = replay(model, logits, states)
+        points.append({knob: float(value), "accuracy": float((preds == labels).float().mean()),
+                       "avg_layers": float(exit_layer.float().mean())})
+    return {"model": path, "rule": rule["name"], "knob": knob, "points": points[:-1], "operating_point": points[-1]}
+
+
+def single_point(path: str, data, task, max_length: int) -> dict:
+    model, tokenizer = load_model(path, task)
+    metrics = evaluate(model, tokenize(data, tokenizer, max_length)[results_split(data)], task, tokenizer)
+    return {"model": path, "accuracy": metrics[task.main_metric], "avg_layers": metrics["avg_layers"]}
+
+
+def plot(results: dict, path: Path, split: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, r in results["curves"].items():
+        pts = sorted(r["points"], key=lambda p: p["avg_layers"])
+        line, = ax.plot([p["avg_layers"] for p in pts], [p["accuracy"] for p in pts], ".-", label=name, alpha=0.8)
+        op = r["operating_point"]
+        ax.plot(op["avg_layers"], op["accuracy"], "o", color=line.get_color(), markersize=9, markerfacecolor="none")
+    groups: dict[str, list] = {}
+    for name, p in results["points"].items():
+        groups.setdefault(name.split("@")[0], []).append(p)
+    for name, pts in groups.items():
+        pts = sorted(pts, key=lambda p: p["avg_layers"])
+        ax.plot([p["avg_layers"] for p in pts], [p["accuracy"] for p in pts], "s--", label=name)
+    for name, p in results["references"].items():
+        ax.axhline(p["accuracy"], color="grey", linestyle=":", label=f"{name} ({p['avg_layers']:.0f} layers)")
+    ax.set_xlabel("average executed layers per example")
+    ax.set_ylabel(f"accuracy ({split})")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("Early exit: accuracy vs depth (circles: the calibrated operating point)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def named(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep:
+            raise SystemExit(f"exit_curve: expected NAME=MODEL_DIR, got {item!r}")
+        out[name] = path
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("curves", nargs="*", help="NAME=MODEL_DIR of an early-exit model")
+    parser.add_argument("--point", action="append", default=[],
+                        help="NAME=MODEL_DIR of a model giving one point (NAME@k groups points into a line)")
+    parser.add_argument("--reference", action="append", default=[], help="NAME=MODEL_DIR drawn as a level")
+    parser.add_argument("--task", default="rotten_tomatoes")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--max-length", type=int, default=64)
+    parser.add_argument("--output", type=Path, required=True)
+    parser.add_argument("--plot", type=Path, default=None)
+    args = parser.parse_args()
+
+    task = resolve_task(args.task)
+    data = load_splits(task, [args.split])  # {split: rows}
+    results = {"task": task.name, "split": args.split,
+               "curves": {n: curve(p, data, task, args.max_length) for n, p in named(args.curves).items()},
+               "points": {n: single_point(p, data, task, args.max_length) for n, p in named(args.point).items()},
+               "references": {n: single_point(p, data, task, args.max_length)
+                              for n, p in named(args.reference).items()}}
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(results, indent=2))
+    for name, r in results["curves"].items():
+        op = r["operating_point"]
+        print(f"{name}: calibrated {r['knob']}={op[r['knob']]:.3f} -> {op['accuracy']:.4f} @ {op['avg_layers']:.2f}")
+    for name, p in {**results["points"], **results["references"]}.items():
+        print(f"{name}: {p['accuracy']:.4f} @ {p['avg_layers']:.2f}")
+    if args.plot:
+        plot(results, args.plot, args.split)
+
+
+if __name__ == "__main__":
+    main()
