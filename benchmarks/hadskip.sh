@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Issue-7 results (docs/benchmarks.md, "HadSkip"): HadSkip at budgets 2, 3, 4 on the fine-tuned
 # MiniLM-L6, the budgeted-exit baselines at the same depths, the ablations at budget 3, latency.
-# Usage: bash benchmarks/hadskip.sh [teacher|main|baselines|ablations|latency|table] ...  (default: all, in order)
+# Usage: bash benchmarks/hadskip.sh [teacher|main|full|baselines|ablations|latency|table] ...
+# (default: all but `full`, in order; HADSKIP_BUDGETS="2 3 4" for `full` at every budget)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 finetuned=runs/minilm-l6-2ep/stages/00-finetuned/model
@@ -17,8 +18,14 @@ main() {
     compresskit apply "$hadskip" -o "runs/hadskip-b$s" "${extra[@]}" --set "stages.skip.budget=$s"
   done
 }
+full() {  # every training row and lr 5e-5 (the top of the paper's grid): twice the steps of `main`
+  for s in ${HADSKIP_BUDGETS:-3}; do
+    compresskit apply "$hadskip" -o "runs/hadskip-full-b$s" --set "model=$finetuned" \
+      --set data.max_train_samples=null --set stages.skip.learning_rate=5e-5 --set "stages.skip.budget=$s"
+  done
+}
 baselines() {
-  for k in 2 3 4; do
+  for k in ${BASELINE_KS:-2 3 4}; do
     compresskit apply benchmarks/recipes/budgeted_exit_rotten_tomatoes.yaml -o "runs/budgeted-exit-k$k" \
       --set "model=$finetuned" --set "stages.first_k.k=$k"
   done
@@ -29,10 +36,10 @@ ablations() {
   compresskit apply "$hadskip" -o runs/hadskip-b3-no-kd "${extra[@]}" --set stages.skip.distill=false
   compresskit apply "$hadskip" -o runs/hadskip-b3-ste "${extra[@]}" --set stages.skip.estimator=ste
 }
-latency() {
-  for s in 2 3 4; do
-    python benchmarks/dynamic_latency.py "$(ls -d runs/hadskip-b$s/stages/00-skip/model | head -1)" \
-      --batch-sizes 1,32 --output "runs/hadskip-b$s/latency.json"
+latency() {  # every finished HadSkip model of the main and full runs
+  for run in runs/hadskip-b[234] runs/hadskip-full-b[234]; do
+    [ -d "$run/stages/00-skip/model" ] || continue
+    python benchmarks/dynamic_latency.py "$run/stages/00-skip/model" --batch-sizes 1,32 --output "$run/latency.json"
   done
 }
 table() {
