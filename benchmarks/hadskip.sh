@@ -30,14 +30,16 @@ baselines() {
       --set "model=$finetuned" --set "stages.first_k.k=$k"
   done
 }
-ablations() {
-  compresskit apply "$hadskip" -o runs/hadskip-b3-no-homotopy "${extra[@]}" --set stages.skip.homotopic=false
-  compresskit apply "$hadskip" -o runs/hadskip-b3-no-stage2 "${extra[@]}" --set stages.skip.gate_epochs=0
-  compresskit apply "$hadskip" -o runs/hadskip-b3-no-kd "${extra[@]}" --set stages.skip.distill=false
-  compresskit apply "$hadskip" -o runs/hadskip-b3-ste "${extra[@]}" --set stages.skip.estimator=ste
+ablations() {  # at budget 3 on the `full` settings, against runs/hadskip-full-b3; ABLATIONS picks and orders
+  local full_args=(--set "model=$finetuned" --set data.max_train_samples=null --set stages.skip.learning_rate=5e-5)
+  declare -A switch=([no-kd]=stages.skip.distill=false [no-homotopy]=stages.skip.homotopic=false
+                     [no-stage2]=stages.skip.gate_epochs=0 [ste]=stages.skip.estimator=ste)
+  for a in ${ABLATIONS:-no-kd no-homotopy no-stage2 ste}; do
+    compresskit apply "$hadskip" -o "runs/hadskip-full-b3-$a" "${full_args[@]}" --set "${switch[$a]}"
+  done
 }
 latency() {  # every finished HadSkip model of the main and full runs
-  for run in runs/hadskip-b[234] runs/hadskip-full-b[234]; do
+  for run in runs/hadskip-b[234] runs/hadskip-full-b[234] runs/hadskip-full-b3-*; do
     [ -d "$run/stages/00-skip/model" ] || continue
     python benchmarks/dynamic_latency.py "$run/stages/00-skip/model" --batch-sizes 1,32 --output "$run/latency.json"
   done
