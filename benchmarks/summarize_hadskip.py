@@ -29,8 +29,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("runs", type=Path)
     parser.add_argument("--plot", type=Path, default=None)
+    parser.add_argument("--l3", type=Path, default=Path("docs/results/baselines/minilm-l3.report.json"),
+                        help="report.json of the fine-tuned MiniLM-L3 (benchmarks/finetune_baselines.sh)")
     args = parser.parse_args()
     runs = {p.name: r for p in sorted(args.runs.iterdir()) if p.is_dir() and (r := load(p))}
+    if args.l3.exists():
+        runs.setdefault("baseline-minilm-l3", json.loads(args.l3.read_text()))
     # the fine-tuned model every run starts from (benchmarks/hadskip.sh, step `teacher`)
     full = runs["minilm-l6-2ep"]["final"] if "minilm-l6-2ep" in runs else None
     print("| model | avg layers (test) | test acc | val acc | FLOPs/example | train min |")
@@ -52,17 +56,26 @@ def plot(runs: dict[str, dict], full: dict | None, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    series = {"HadSkip": [], "budgeted exit (first k, fine-tuned)": []}
+    series = {"HadSkip (5,000 rows, lr 2e-5)": [], "HadSkip (all rows, lr 5e-5)": [],
+              "budgeted exit (first k, fine-tuned)": []}
+    ablations = []
     for name, report in runs.items():
         point = (report["final"]["test"]["avg_layers"], report["final"]["test"]["accuracy"])
         if name.startswith("hadskip-b") and name[len("hadskip-b"):].isdigit():
-            series["HadSkip"].append(point)
+            series["HadSkip (5,000 rows, lr 2e-5)"].append(point)
+        elif name.startswith("hadskip-full-b") and name[len("hadskip-full-b"):].isdigit():
+            series["HadSkip (all rows, lr 5e-5)"].append(point)
+        elif name.startswith("hadskip-full-b3-"):
+            ablations.append((name[len("hadskip-full-b3-"):], point))
         elif name.startswith("budgeted-exit-"):
             series["budgeted exit (first k, fine-tuned)"].append(point)
     for label, points in series.items():
         if points:
             xs, ys = zip(*sorted(points), strict=True)
             ax.plot(xs, ys, marker="o", label=label)
+    for label, (x, y) in ablations:
+        ax.scatter([x], [y], marker="x", color="grey")
+        ax.annotate(f"b3 {label}", (x, y), fontsize=7, xytext=(3, -8), textcoords="offset points")
     if full:
         ax.scatter([6], [full["test"]["accuracy"]], marker="*", s=120, color="black", label="MiniLM-L6, all layers")
     if "baseline-minilm-l3" in runs:
