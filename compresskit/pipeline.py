@@ -32,6 +32,7 @@ import datasets
 import torch
 import yaml
 from accelerate import Accelerator, PartialState
+from accelerate.utils import set_seed
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from compresskit.data.loading import load_splits, resolve_task, tokenize
@@ -245,6 +246,9 @@ class Pipeline:
                            work_dir=work_dir, checkpoint_dir=self.checkpoint_dir(index),
                            stage_dirs=self._stage_dirs(index), recipe=self.resolved)
         state.info = {}
+        # fresh modules (gates, exit heads, policies) draw from the global RNG: seed it here, or a
+        # resumed run (earlier stages loaded, not trained) would initialise them differently
+        set_seed(ctx.seed)
         started = time.perf_counter()
         state = strategy.apply(state, ctx)
         seconds = time.perf_counter() - started

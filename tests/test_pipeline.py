@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from compresskit import registry
 from compresskit.errors import RecipeError
@@ -133,6 +134,23 @@ def test_a_run_killed_in_its_second_stage_resumes_there_and_ends_the_same(tiny_r
     uninterrupted = run(recipe, clean)
     assert resumed["final"]["test"] == uninterrupted["final"]["test"]
     assert resumed["final"]["validation"] == uninterrupted["final"]["validation"]
+
+
+def test_a_stage_with_fresh_modules_ends_the_same_whether_earlier_stages_ran_or_were_loaded(tiny_recipe, tmp_path):
+    """Exit heads are drawn at random: resuming after the teacher must not change them."""
+    from compresskit.modeling.loading import load_model
+
+    teacher = {"strategy": "finetune", "name": "teacher", "epochs": 1, "learning_rate": 1e-3, "batch_size": 16}
+    exits = {"strategy": "pabee", "name": "exits", "epochs": 1, "batch_size": 16}
+    run(tiny_recipe([teacher]), tmp_path / "resumed")  # the run that died after its first stage
+    torch.manual_seed(1234)  # the resuming process starts from another RNG state
+    resumed = run(tiny_recipe([teacher, exits]), tmp_path / "resumed")
+    uninterrupted = run(tiny_recipe([teacher, exits]), tmp_path / "clean")
+    assert resumed["final"]["validation"] == uninterrupted["final"]["validation"]
+    a, _ = load_model(str(tmp_path / "resumed" / "stages" / "01-exits" / "model"))
+    b, _ = load_model(str(tmp_path / "clean" / "stages" / "01-exits" / "model"))
+    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(x, y), name
 
 
 def test_the_report_compares_the_final_model_with_the_chosen_baseline(tiny_recipe, tmp_path):
