@@ -116,3 +116,43 @@ def test_hadskip_stage_trains_gates_that_skip_and_reloads(tiny_recipe, tmp_path)
     assert (run_dir / "stages" / "01-skip" / "layer_usage.png").exists()
     saved = json.loads((run_dir / "stages" / "01-skip" / "model" / "config.json").read_text())
     assert all(layer["gate"] for layer in saved["layers"]) and saved["gate"]["hidden_size"] == 64
+
+
+class Killed(Exception):
+    pass
+
+
+def test_a_killed_hadskip_run_resumes_after_its_last_finished_phase(tiny_recipe, tmp_path, monkeypatch):
+    """Each phase is checkpointed; the resumed run ends where an uninterrupted one does."""
+    import compresskit.strategies.hadskip as hadskip
+    from compresskit.modeling.loading import load_model
+
+    stage = {"strategy": "hadskip", "name": "skip", "budget": 2, "gate_epochs": 1, "epochs_per_budget": 1,
+             "learning_rate": 1e-3, "batch_size": 16, "save_budgets": True}
+    recipe = tiny_recipe([stage])
+    Pipeline(load_recipe(recipe), tmp_path / "whole").run()
+
+    real_train, calls, killed = hadskip.train, [], []
+
+    def train(*args, desc="", **kwargs):
+        calls.append(desc)
+        if desc.endswith("s=2") and not killed:
+            killed.append(desc)
+            raise Killed  # the process dies in the last phase
+        return real_train(*args, desc=desc, **kwargs)
+
+    monkeypatch.setattr(hadskip, "train", train)
+    with pytest.raises(Killed):
+        Pipeline(load_recipe(recipe), tmp_path / "killed").run()
+    assert calls == ["skip II", "skip III s=4", "skip III s=3", "skip III s=2"]
+    calls.clear()
+    Pipeline(load_recipe(recipe), tmp_path / "killed").run()
+    assert calls == ["skip III s=2"]  # the finished phases were loaded, not trained again
+
+    whole, _ = load_model(str(tmp_path / "whole" / "stages" / "00-skip" / "model"))
+    resumed, _ = load_model(str(tmp_path / "killed" / "stages" / "00-skip" / "model"))
+    for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    budgets = tmp_path / "killed" / "stages" / "00-skip" / "budgets"
+    assert sorted(p.name for p in budgets.iterdir()) == ["s3", "s4"]  # every budget's model, reloadable
+    assert load_model(str(budgets / "s3"))[0].config.layers[0]["gate"]

@@ -14,9 +14,12 @@ import copy
 import functools
 import logging
 import math
+import os
+from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
 import torch
+from accelerate import PartialState
 from pydantic import Field, model_validator
 
 from compresskit.errors import CompressKitError
@@ -59,6 +62,8 @@ class HadSkipConfig(StageConfig):
     alpha_attention: float = Field(1.0, ge=0)
     alpha_embedding: float = Field(1.0, ge=0)
     temperature: float = Field(1.0, gt=0, description="softening of the prediction KL")
+    save_budgets: bool = Field(False, description="also save the model of every budget of the homotopy "
+                               "(stage directory, budgets/s<k>): one run gives the whole trade-off")
 
     @model_validator(mode="after")
     def _one_budget(self) -> HadSkipConfig:
@@ -86,11 +91,13 @@ class HadSkipStrategy(Strategy):
         cfg: HadSkipConfig = self.config  # type: ignore[assignment]
         eval_split = ctx.recipe.recipe.evaluation.split
         info: dict[str, Any] = {"history": {}}
+        # every phase is checkpointed: a killed run resumes after the last finished phase
+        phase = functools.partial(_resumable_phase, ctx.checkpoint_dir, info["history"])
         if cfg.finetune_epochs > 0:  # stage I
-            result = train(state.model, state.data["train"], state.data[eval_split], state.task, state.tokenizer,
-                           self._training(cfg.finetune_epochs, cfg.learning_rate, keep_best=True), ctx.seed,
-                           desc=f"{ctx.name} I")
-            info["history"]["I"] = result.history
+            phase("I", state.model, lambda: train(
+                state.model, state.data["train"], state.data[eval_split], state.task, state.tokenizer,
+                self._training(cfg.finetune_epochs, cfg.learning_rate, keep_best=True), ctx.seed,
+                desc=f"{ctx.name} I").history)
         teacher = copy.deepcopy(state.model).eval().requires_grad_(False)
         layers = state.model.num_layers
         budget = cfg.budget if cfg.budget is not None else cfg.budget_fraction * layers
@@ -100,12 +107,14 @@ class HadSkipStrategy(Strategy):
         data = (state.data["train"], state.data[eval_split], state.task, state.tokenizer)
 
         if cfg.gate_epochs > 0:  # stage II: gates only, task loss only
-            model.requires_grad_(False)
-            model.gates.requires_grad_(True)
-            result = train(model, *data, self._training(cfg.gate_epochs, cfg.gate_learning_rate), ctx.seed,
-                           parameters=list(model.gates.parameters()), desc=f"{ctx.name} II")
-            model.requires_grad_(True)
-            info["history"]["II"] = result.history
+            def stage2() -> list[dict]:
+                model.requires_grad_(False)
+                model.gates.requires_grad_(True)
+                result = train(model, *data, self._training(cfg.gate_epochs, cfg.gate_learning_rate), ctx.seed,
+                               parameters=list(model.gates.parameters()), desc=f"{ctx.name} II")
+                model.requires_grad_(True)
+                return result.history
+            phase("II", model, stage2)
 
         schedule = budget_schedule(layers, budget, cfg.homotopic)
         groups = [{"params": [p for n, p in model.named_parameters() if not n.startswith("gates.")]},
@@ -113,9 +122,12 @@ class HadSkipStrategy(Strategy):
         for k in schedule:  # stage III
             loss = functools.partial(stage3_loss, teacher=teacher if cfg.distill else None, target=k / layers,
                                      cfg=cfg)
-            result = train(model, *data, self._training(cfg.epochs_per_budget, cfg.learning_rate), ctx.seed,
-                           loss_fn=loss, parameters=groups, desc=f"{ctx.name} III s={k:g}")
-            info["history"][f"III s={k:g}"] = result.history
+            phase(f"III s={k:g}", model, lambda loss=loss, k=k: train(
+                model, *data, self._training(cfg.epochs_per_budget, cfg.learning_rate), ctx.seed, loss_fn=loss,
+                parameters=groups, desc=f"{ctx.name} III s={k:g}").history)
+            if cfg.save_budgets and k != schedule[-1] and PartialState().is_main_process:
+                model.save_pretrained(ctx.work_dir / "budgets" / f"s{k:g}")
+                state.tokenizer.save_pretrained(ctx.work_dir / "budgets" / f"s{k:g}")
 
         usage = layer_usage(model, state.data[eval_split], state.tokenizer)
         plot_layer_usage(usage, ctx.work_dir / "layer_usage.png", f"HadSkip, budget {budget:g} of {layers}")
@@ -129,6 +141,24 @@ class HadSkipStrategy(Strategy):
         # under a budget the best-accuracy epoch may miss the budget: keep the last one
         return TrainingConfig(epochs=epochs, learning_rate=lr, batch_size=self.config.batch_size,
                               keep_best=keep_best)
+
+
+def _resumable_phase(checkpoint_dir: Any, history: dict[str, Any], name: str, model: torch.nn.Module,
+                     run: Callable[[], list[dict]]) -> None:
+    """Run one training phase, or load its result if an earlier (killed) run finished it."""
+    path = checkpoint_dir / f"phase-{name.replace(' ', '_').replace('=', '')}.pt"
+    if path.exists():
+        saved = torch.load(path, weights_only=True)
+        model.load_state_dict(saved["model"])
+        history[name] = saved["history"]
+        log.info("phase %s: resumed from %s", name, path)
+        return
+    history[name] = run()
+    if PartialState().is_main_process:
+        checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save({"model": model.state_dict(), "history": history[name]}, tmp)
+        os.replace(tmp, path)  # whole or not at all
 
 
 def gated(model: CompressedModelForSequenceClassification, cfg: HadSkipConfig
