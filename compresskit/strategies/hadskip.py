@@ -16,6 +16,7 @@ import logging
 import math
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -143,7 +144,7 @@ class HadSkipStrategy(Strategy):
                               keep_best=keep_best)
 
 
-def _resumable_phase(checkpoint_dir: Any, history: dict[str, Any], name: str, model: torch.nn.Module,
+def _resumable_phase(checkpoint_dir: Path, history: dict[str, Any], name: str, model: torch.nn.Module,
                      run: Callable[[], list[dict]]) -> None:
     """Run one training phase, or load its result if an earlier (killed) run finished it."""
     path = checkpoint_dir / f"phase-{name.replace(' ', '_').replace('=', '')}.pt"
