@@ -27,11 +27,6 @@ from compresskit.modeling.loading import load_model
 from compresskit.training.early_exit import all_exit_logits, replay
 
 
-def results_split(data) -> str:
-    (name,) = data.keys()
-    return name
-
-
 def sweep(rule_name: str, num_layers: int, num_labels: int) -> tuple[str, list[float]]:
     """The knob of each exit rule and the values to replay."""
     if rule_name == "entropy":
@@ -45,11 +40,12 @@ def sweep(rule_name: str, num_layers: int, num_labels: int) -> tuple[str, list[f
     raise SystemExit(f"exit_curve: no sweep for exit rule {rule_name!r}; pass the model with --point")
 
 
-def curve(path: str, data, task, max_length: int) -> dict:
+def curve(path: str, data, split: str, task, max_length: int) -> dict:
     model, tokenizer = load_model(path, task)
-    split = tokenize(data, tokenizer, max_length)[results_split(data)]
-    logits, states, labels = all_exit_logits(model, split, tokenizer)
-    rule = model.config.exit_rule or {}
+    rule = model.config.exit_rule
+    if not rule:
+        raise SystemExit(f"exit_curve: {path} has no exit rule; pass it with --point")
+    logits, states, labels = all_exit_logits(model, tokenize(data, tokenizer, max_length)[split], tokenizer)
     knob, values = sweep(rule["name"], model.num_layers, task.num_labels)
     chosen = getattr(model.exit_rule, knob)
     points = []
@@ -61,9 +57,9 @@ def curve(path: str, data, task, max_length: int) -> dict:
     return {"model": path, "rule": rule["name"], "knob": knob, "points": points[:-1], "operating_point": points[-1]}
 
 
-def single_point(path: str, data, task, max_length: int) -> dict:
+def single_point(path: str, data, split: str, task, max_length: int) -> dict:
     model, tokenizer = load_model(path, task)
-    metrics = evaluate(model, tokenize(data, tokenizer, max_length)[results_split(data)], task, tokenizer)
+    metrics = evaluate(model, tokenize(data, tokenizer, max_length)[split], task, tokenizer)
     return {"model": path, "accuracy": metrics[task.main_metric], "avg_layers": metrics["avg_layers"]}
 
 
@@ -121,11 +117,12 @@ def main() -> None:
     args = parser.parse_args()
 
     task = resolve_task(args.task)
-    data = load_splits(task, [args.split])  # {split: rows}
-    results = {"task": task.name, "split": args.split,
-               "curves": {n: curve(p, data, task, args.max_length) for n, p in named(args.curves).items()},
-               "points": {n: single_point(p, data, task, args.max_length) for n, p in named(args.point).items()},
-               "references": {n: single_point(p, data, task, args.max_length)
+    data, split = load_splits(task, [args.split]), args.split
+    results = {"task": task.name, "split": split,
+               "curves": {n: curve(p, data, split, task, args.max_length) for n, p in named(args.curves).items()},
+               "points": {n: single_point(p, data, split, task, args.max_length)
+                          for n, p in named(args.point).items()},
+               "references": {n: single_point(p, data, split, task, args.max_length)
                               for n, p in named(args.reference).items()}}
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(results, indent=2))

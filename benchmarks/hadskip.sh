@@ -9,6 +9,8 @@ finetuned=runs/minilm-l6-2ep/stages/00-finetuned/model
 # The training rows each HadSkip run sees (CPU time: ~1 s per step of 32 on two cores).
 extra=(--set "model=$finetuned" --set "data.max_train_samples=${HADSKIP_TRAIN_ROWS:-5000}")
 hadskip=benchmarks/recipes/hadskip_rotten_tomatoes.yaml
+# `full`: every training row and lr 5e-5 (the top of the paper's grid), twice the steps of `main`
+full_settings=(--set "model=$finetuned" --set data.max_train_samples=null --set stages.skip.learning_rate=5e-5)
 
 teacher() {  # the fine-tuned MiniLM-L6 every run below starts from (stage I); a no-op once finished
   compresskit apply recipes/finetune_rotten_tomatoes.yaml -o runs/minilm-l6-2ep --set stages.finetuned.epochs=2
@@ -18,10 +20,9 @@ main() {
     compresskit apply "$hadskip" -o "runs/hadskip-b$s" "${extra[@]}" --set "stages.skip.budget=$s"
   done
 }
-full() {  # every training row and lr 5e-5 (the top of the paper's grid): twice the steps of `main`
+full() {
   for s in ${HADSKIP_BUDGETS:-3}; do
-    compresskit apply "$hadskip" -o "runs/hadskip-full-b$s" --set "model=$finetuned" \
-      --set data.max_train_samples=null --set stages.skip.learning_rate=5e-5 --set "stages.skip.budget=$s"
+    compresskit apply "$hadskip" -o "runs/hadskip-full-b$s" "${full_settings[@]}" --set "stages.skip.budget=$s"
   done
 }
 baselines() {
@@ -31,11 +32,10 @@ baselines() {
   done
 }
 ablations() {  # at budget 3 on the `full` settings, against runs/hadskip-full-b3; ABLATIONS picks and orders
-  local full_args=(--set "model=$finetuned" --set data.max_train_samples=null --set stages.skip.learning_rate=5e-5)
   declare -A switch=([no-kd]=stages.skip.distill=false [no-homotopy]=stages.skip.homotopic=false
                      [no-stage2]=stages.skip.gate_epochs=0 [ste]=stages.skip.estimator=ste)
   for a in ${ABLATIONS:-no-kd no-homotopy no-stage2 ste}; do
-    compresskit apply "$hadskip" -o "runs/hadskip-full-b3-$a" "${full_args[@]}" --set "${switch[$a]}"
+    compresskit apply "$hadskip" -o "runs/hadskip-full-b3-$a" "${full_settings[@]}" --set "${switch[$a]}"
   done
 }
 latency() {  # every finished HadSkip model of the main and full runs
