@@ -6,6 +6,7 @@ import pytest
 import torch
 from datasets import Dataset
 
+from compresskit.modeling import CompressedConfig
 from compresskit.modeling.dynamic import entropy
 from compresskit.pipeline import Pipeline
 from compresskit.recipe import load_recipe
@@ -25,7 +26,9 @@ TEACHER = {"strategy": "finetune", "name": "teacher", "epochs": 6, "learning_rat
      "patience": 1, "calibration": {"target_layers": 2, "fraction": 0.25}},
     {"strategy": "berxit", "epochs": 4, "learning_rate": 1e-3, "exit_learning_rate": 5e-3, "batch_size": 8,
      "calibration": {"target_layers": 2, "fraction": 0.25}},
-], ids=lambda s: s["strategy"])
+    {"strategy": "berxit", "epochs": 4, "learning_rate": 1e-3, "exit_learning_rate": 5e-3, "batch_size": 8,
+     "calibration": {"target_layers": 2, "fraction": 0.25}, "exit_pooling": "mean"},
+], ids=lambda s: s["strategy"] + (f"-{s['exit_pooling']}-pooled" if "exit_pooling" in s else ""))
 def test_exit_strategies_train_calibrate_and_exit_early(tiny_recipe, tmp_path, stage):
     report = Pipeline(load_recipe(tiny_recipe([TEACHER, {**stage, "name": "exits"}])), tmp_path / "run").run()
     info = report["stages"][1]["info"]
@@ -38,6 +41,8 @@ def test_exit_strategies_train_calibrate_and_exit_early(tiny_recipe, tmp_path, s
     assert final["avg_layers"] < 4.0, "the calibrated rule should exit before the last layer on this easy task"
     assert final["accuracy"] >= 0.8
     assert report["final"]["flops_per_example"] < report["baseline"]["flops_per_example"]
+    saved = CompressedConfig.from_pretrained(tmp_path / "run" / "stages" / "01-exits" / "model")
+    assert saved.exit_head_spec().pooling == stage.get("exit_pooling", "cls")
 
 
 def test_budgeted_exit_keeps_the_first_k_layers(tiny_recipe, tmp_path):
@@ -47,11 +52,12 @@ def test_budgeted_exit_keeps_the_first_k_layers(tiny_recipe, tmp_path):
     assert report["final"]["num_layers"] == 2 and report["final"]["validation"]["avg_layers"] == 2.0
 
 
-@pytest.mark.parametrize("rule, parameter", [("entropy", "threshold"), ("patience", "patience"),
-                                             ("patience_confidence", "threshold"), ("learned", "threshold")])
-def test_calibration_replays_exactly_what_inference_does(rule, parameter, tmp_path):
+@pytest.mark.parametrize("rule, parameter, pooling", [
+    ("entropy", "threshold", "cls"), ("patience", "patience", "cls"), ("patience_confidence", "threshold", "cls"),
+    ("learned", "threshold", "cls"), ("learned", "threshold", "mean")])
+def test_calibration_replays_exactly_what_inference_does(rule, parameter, pooling, tmp_path):
     """The held-out depth and accuracy calibration reports are what the routed model then does."""
-    model = compressed("bert", exits=rule)
+    model = compressed("bert", exits=rule, exit_pooling=pooling)
     # examples that differ and confident, disagreeing heads, so that exits really vary
     torch.nn.init.normal_(model.backbone.bert.embeddings.word_embeddings.weight, std=1.0)
     for head in [*model.exit_heads.values(), model.backbone.classifier]:

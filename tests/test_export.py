@@ -23,6 +23,7 @@ SHAPES = [
     pytest.param("mpnet", dict(exits="entropy"), id="mpnet-exits"),
     pytest.param("roberta", dict(gates=True, exits="patience_confidence"), id="roberta-gated+exits"),
     pytest.param("bert", dict(exits="policy"), id="bert-policy"),
+    pytest.param("bert", dict(exits="learned", exit_pooling="mean"), id="bert-learned-mean-pooled"),
 ]
 
 

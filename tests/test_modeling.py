@@ -32,7 +32,7 @@ def inputs(batch: int = 5, length: int = 9, seed: int = 0) -> dict[str, torch.Te
     return {"input_ids": ids, "attention_mask": mask}
 
 
-def compressed(backbone: str, gates: bool = False, exits: str | None = None,
+def compressed(backbone: str, gates: bool = False, exits: str | None = None, exit_pooling: str = "cls",
                seed: int = 0) -> CompressedModelForSequenceClassification:
     """Layers 0, 2, 3 of 4 kept, with per-layer heads and FFN widths, optional gates / exits."""
     torch.manual_seed(seed)
@@ -44,6 +44,7 @@ def compressed(backbone: str, gates: bool = False, exits: str | None = None,
     ]
     if exits:
         config.exit_rule = {"name": exits, **({"patience": 1} if exits == "patience" else {})}
+        config.exit_head = {"pooling": exit_pooling}
     model = CompressedModelForSequenceClassification(config).eval()
     if gates or exits:
         diversify(model)
@@ -71,10 +72,10 @@ def diversify(model: CompressedModelForSequenceClassification) -> None:
     for i, head in model.exit_heads.items():  # each head splits the batch between the two classes
         logits = model(**batch, dynamic=False).exit_logits[int(i)]
         head.classifier.bias[1] -= (logits[:, 1] - logits[:, 0]).median()
-    out = model(**batch, dynamic=False, output_hidden_states=True)
+    out = model(**batch, dynamic=False)
     exit_logits = torch.cat([out.exit_logits[i] for i in sorted(out.exit_logits)])
     if hasattr(rule, "lte"):  # BERxiT's exit module: half the examples certain enough
-        states = torch.cat([out.hidden_states[i + 1][:, 0] for i in sorted(out.exit_logits)])
+        states = torch.cat([out.exit_summaries[i] for i in sorted(out.exit_logits)])
         rule.lte.bias -= rule.lte(states).median()
     elif hasattr(rule, "threshold"):
         normalized = isinstance(rule, PatienceConfidenceRule)
@@ -82,7 +83,7 @@ def diversify(model: CompressedModelForSequenceClassification) -> None:
         model.config.exit_rule["threshold"] = rule.threshold
     if hasattr(rule, "policies"):
         for i, policy in enumerate(rule.policies):
-            policy[2].bias -= policy(out.hidden_states[i + 1][:, 0]).median()
+            policy[2].bias -= policy(out.exit_summaries[i]).median()
 
 
 SHAPES = [
@@ -93,6 +94,7 @@ SHAPES = [
     pytest.param(dict(exits="budget"), id="exits-budget"),
     pytest.param(dict(exits="policy"), id="exits-policy"),
     pytest.param(dict(exits="learned"), id="exits-learned"),
+    pytest.param(dict(exits="policy", exit_pooling="mean"), id="exits-policy-mean-pooled"),
     pytest.param(dict(gates=True, exits="patience_confidence"), id="gated+exits"),
 ]
 

@@ -95,6 +95,18 @@ class _Layer(nn.Module):
         return self.model.adapter.run_layer(self.layer, hidden, additive, position_bias, False)[0]
 
 
+class _Exit(nn.Module):
+    """An exit head with its pooling: logits, and the summary the exit rule reads."""
+
+    def __init__(self, model, index):
+        super().__init__()
+        self.model, self.head = model, model.exit_heads[str(index)]
+
+    def forward(self, hidden, attention_mask):
+        summary = self.model.exit_summary(hidden, attention_mask)
+        return self.head(summary), summary
+
+
 class _Head(nn.Module):
     def __init__(self, model):
         super().__init__()
@@ -143,8 +155,9 @@ def _export_parts(model: CompressedModelForSequenceClassification, work: Path) -
                 save(model.gates[str(i)], (hidden, mask), f"gate_{i}.onnx", ["hidden", "attention_mask"],
                      ["logits"], {"hidden": batch_seq, "attention_mask": batch_seq, "logits": {0: "batch"}})
             if str(i) in model.exit_heads:
-                save(model.exit_heads[str(i)], (hidden,), f"exit_{i}.onnx", ["hidden"], ["logits"],
-                     {"hidden": batch_seq, "logits": {0: "batch"}})
+                save(_Exit(model, i), (hidden, mask), f"exit_{i}.onnx", ["hidden", "attention_mask"],
+                     ["logits", "summary"], {"hidden": batch_seq, "attention_mask": batch_seq,
+                                             "logits": {0: "batch"}, "summary": {0: "batch"}})
         save(_Head(model), (hidden,), "head.onnx", ["hidden"], ["logits"],
              {"hidden": batch_seq, "logits": {0: "batch"}})
     if model.exit_rule is not None and any(True for _ in model.exit_rule.parameters()):
@@ -153,7 +166,8 @@ def _export_parts(model: CompressedModelForSequenceClassification, work: Path) -
         # learned rules (ConsistentEE policies, BERxiT's exit module) decide on tiny tensors in torch
         save_file({k: v.contiguous() for k, v in model.exit_rule.state_dict().items()}, work / "exit_rule.safetensors")
     model.eval()
-    return {"format": 1, "kind": "dynamic", "inputs": names, "graphs": graphs, "num_layers": model.num_layers,
+    # format 2: exit graphs take the attention mask and also return the summary the rule reads
+    return {"format": 2, "kind": "dynamic", "inputs": names, "graphs": graphs, "num_layers": model.num_layers,
             "gates": sorted(int(i) for i in model.gates), "exits": sorted(int(i) for i in model.exit_heads),
             "position_bias": mpnet}
 

@@ -4,7 +4,7 @@ A dynamic export is a set of graphs (embeddings, each layer, each gate, each exi
 head). The runtime runs a layer only on the rows of the batch whose gate opened and that have
 not exited, just as the PyTorch model's routed inference does, so a skipped layer costs nothing
 at any batch size. Exit rules are the model's own (`compresskit.modeling.dynamic`): they decide on
-tiny tensors (logits, [CLS] states) after each exit head.
+tiny tensors (logits, the pooled layer output the exit head read) after each exit head.
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ class OnnxClassifier:
             options.intra_op_num_threads = threads
         self._options = options
         self._sessions: dict[str, ort.InferenceSession] = {}
+        self._inputs: dict[str, set[str]] = {}
         self.inputs: list[str] = manifest["inputs"]
         self.exit_rule = self._load_exit_rule() if manifest["kind"] == "dynamic" and manifest["exits"] else None
         self._tokenizer = None
@@ -65,7 +66,10 @@ class OnnxClassifier:
         return self._sessions[name]
 
     def _run(self, name: str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        return self._session(name).run(None, feeds)
+        session = self._session(name)
+        # the exporter drops inputs a graph does not use (the mask of a [CLS]-pooling head)
+        used = self._inputs.setdefault(name, {i.name for i in session.get_inputs()})
+        return session.run(None, {k: v for k, v in feeds.items() if k in used})
 
     def _load_exit_rule(self):
         from compresskit.modeling.config import CompressedConfig
@@ -120,12 +124,11 @@ class OnnxClassifier:
                 hidden[rows] = self._run(f"layer_{i}", layer_feeds)[0]
                 executed[rows] += 1
             if i < layers - 1 and i in exits and self.exit_rule is not None:
-                exit_logits = self._run(f"exit_{i}", {"hidden": hidden[active]})[0]
+                exit_logits, summary = self._exit(i, hidden[active], mask[active])
                 if logits is None:
                     logits = np.zeros((batch, exit_logits.shape[1]), dtype=np.float32)
                 with torch.no_grad():
-                    leave = self.exit_rule.should_exit(i, torch.from_numpy(exit_logits),
-                                                       torch.from_numpy(hidden[active]),
+                    leave = self.exit_rule.should_exit(i, torch.from_numpy(exit_logits), torch.from_numpy(summary),
                                                        torch.from_numpy(active), state).numpy()
                 logits[active[leave]] = exit_logits[leave]
                 exit_layer[active[leave]] = i + 1
@@ -138,6 +141,13 @@ class OnnxClassifier:
                 logits = np.zeros((batch, head.shape[1]), dtype=np.float32)
             logits[active] = head
         return RuntimeOutput(logits, executed, exit_layer)
+
+    def _exit(self, i: int, hidden: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Exit head i's logits and the summary its rule reads."""
+        if self.manifest.get("format", 1) < 2:  # older exports: [CLS]-reading heads on the hidden states only
+            return self._run(f"exit_{i}", {"hidden": hidden})[0], hidden[:, 0]
+        logits, summary = self._run(f"exit_{i}", {"hidden": hidden, "attention_mask": mask})
+        return logits, summary
 
     # ---- text in, predictions out ----------------------------------------------------------------
     @property

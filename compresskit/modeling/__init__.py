@@ -1,6 +1,6 @@
 """The compressed model format: config, backbone adapters, dynamic modules, the model."""
 
-from compresskit.modeling.config import CompressedConfig, ExitRuleSpec, GateSpec, LayerSpec
+from compresskit.modeling.config import CompressedConfig, ExitHeadSpec, ExitRuleSpec, GateSpec, LayerSpec
 from compresskit.modeling.dynamic import EXIT_RULES, ExitRule, register_exit_rule
 from compresskit.modeling.model import (
     CompressedModelForSequenceClassification,
@@ -14,6 +14,7 @@ __all__ = [
     "CompressedModelForSequenceClassification",
     "CompressedOutput",
     "ExitRule",
+    "ExitHeadSpec",
     "ExitRuleSpec",
     "GateSpec",
     "LayerSpec",

@@ -47,6 +47,16 @@ class GateSpec(BaseModel):
     pooling: str = Field("mean", pattern="^(cls|mean)$")
 
 
+class ExitHeadSpec(BaseModel):
+    """What every exit head (and a learned exit rule) reads of its layer's output."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # cls: BERT-style classifiers pool [CLS]; mean: sentence encoders pretrained with mean pooling
+    # (all-MiniLM, all-mpnet) carry little in an early layer's [CLS] state
+    pooling: str = Field("cls", pattern="^(cls|mean)$")
+
+
 class ExitRuleSpec(BaseModel):
     """Which rule ends inference early, with its parameters (thresholds, patience, ...)."""
 
@@ -65,6 +75,7 @@ class CompressedConfig(PretrainedConfig):
         backbone: dict[str, Any] | None = None,
         layers: list[dict[str, Any]] | None = None,
         gate: dict[str, Any] | None = None,
+        exit_head: dict[str, Any] | None = None,
         exit_rule: dict[str, Any] | None = None,
         **kwargs: Any,
     ):
@@ -72,6 +83,7 @@ class CompressedConfig(PretrainedConfig):
         self.backbone = backbone or {}
         self.layers = layers or []
         self.gate = gate
+        self.exit_head = exit_head
         self.exit_rule = exit_rule
 
     # ---- construction -------------------------------------------------------------------
@@ -124,6 +136,9 @@ class CompressedConfig(PretrainedConfig):
 
     def gate_spec(self) -> GateSpec:
         return GateSpec.model_validate(self.gate or {})
+
+    def exit_head_spec(self) -> ExitHeadSpec:
+        return ExitHeadSpec.model_validate(self.exit_head or {})
 
     def exit_rule_spec(self) -> ExitRuleSpec | None:
         return ExitRuleSpec.model_validate(self.exit_rule) if self.exit_rule else None

@@ -38,7 +38,7 @@ class LayerGate(nn.Module):
 
 
 class ExitHead(nn.Module):
-    """A classifier on the [CLS] state of an intermediate layer (pooler + linear)."""
+    """A classifier on the pooled output of an intermediate layer (dense + tanh + linear)."""
 
     def __init__(self, hidden_size: int, num_labels: int, dropout: float):
         super().__init__()
@@ -46,8 +46,9 @@ class ExitHead(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(hidden_size, num_labels)
 
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.dropout(torch.tanh(self.dense(hidden[:, 0]))))
+    def forward(self, summary: torch.Tensor) -> torch.Tensor:
+        """Logits from the layer's summary vector (see `pool`: [CLS] state or token mean)."""
+        return self.classifier(self.dropout(torch.tanh(self.dense(summary))))
 
 
 # ---- exit rules ------------------------------------------------------------------------------
@@ -56,7 +57,8 @@ class ExitRule(nn.Module):
     """Decides, after an exit layer, which of the remaining examples stop there.
 
     `state` is a dict of per-example tensors over the whole batch (e.g. patience counters);
-    `rows` indexes the examples still running, aligned with `logits` and `hidden`.
+    `rows` indexes the examples still running, aligned with `logits` and `summary` (the pooled
+    layer output the exit head read: [CLS] state or token mean, per the model's exit_head spec).
     """
 
     def __init__(self, num_layers: int, hidden_size: int):
@@ -66,7 +68,7 @@ class ExitRule(nn.Module):
     def init_state(self, batch_size: int, device: torch.device) -> dict[str, torch.Tensor]:
         return {}
 
-    def should_exit(self, layer: int, logits: torch.Tensor, hidden: torch.Tensor,
+    def should_exit(self, layer: int, logits: torch.Tensor, summary: torch.Tensor,
                     rows: torch.Tensor, state: dict[str, torch.Tensor]) -> torch.Tensor:
         raise NotImplementedError
 
@@ -110,7 +112,7 @@ class EntropyRule(ExitRule):
         super().__init__(num_layers, hidden_size)
         self.threshold = threshold
 
-    def should_exit(self, layer, logits, hidden, rows, state):
+    def should_exit(self, layer, logits, summary, rows, state):
         return entropy(logits) < self.threshold
 
 
@@ -126,7 +128,7 @@ class PatienceRule(ExitRule):
         return {"last": torch.full((batch_size,), -1, device=device),
                 "count": torch.zeros(batch_size, dtype=torch.long, device=device)}
 
-    def should_exit(self, layer, logits, hidden, rows, state):
+    def should_exit(self, layer, logits, summary, rows, state):
         pred = logits.argmax(-1)
         same = pred == state["last"][rows]
         state["count"][rows] = torch.where(same, state["count"][rows] + 1, torch.zeros_like(pred))
@@ -146,7 +148,7 @@ class PatienceConfidenceRule(ExitRule):
     def init_state(self, batch_size, device):
         return {"count": torch.zeros(batch_size, dtype=torch.long, device=device)}
 
-    def should_exit(self, layer, logits, hidden, rows, state):
+    def should_exit(self, layer, logits, summary, rows, state):
         confident = entropy(logits, normalized=True) < self.threshold
         state["count"][rows] = torch.where(confident, state["count"][rows] + 1,
                                            torch.zeros_like(state["count"][rows]))
@@ -161,13 +163,13 @@ class BudgetRule(ExitRule):
         super().__init__(num_layers, hidden_size)
         self.k = k
 
-    def should_exit(self, layer, logits, hidden, rows, state):
+    def should_exit(self, layer, logits, summary, rows, state):
         return torch.full((logits.shape[0],), layer + 1 >= self.k, dtype=torch.bool, device=logits.device)
 
 
 @register_exit_rule("policy")
 class PolicyRule(ExitRule):
-    """ConsistentEE: a policy network per layer reads the [CLS] state; exit when P(exit) > 0.5.
+    """ConsistentEE: a policy network per layer reads the layer's summary; exit when P(exit) > 0.5.
 
     Each policy is `Linear(h, policy_hidden) -> GELU -> Linear(policy_hidden, 1) -> sigmoid`; the
     last layer has none (every example still running predicts there). `threshold` (the paper's
@@ -182,25 +184,26 @@ class PolicyRule(ExitRule):
             for _ in range(num_layers - 1)
         )
 
-    def exit_probability(self, layer: int, cls_state: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.policies[layer](cls_state)).squeeze(-1)
+    def exit_probability(self, layer: int, summary: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.policies[layer](summary)).squeeze(-1)
 
-    def should_exit(self, layer, logits, hidden, rows, state):
-        return self.exit_probability(layer, hidden[:, 0]) > self.threshold
+    def should_exit(self, layer, logits, summary, rows, state):
+        return self.exit_probability(layer, summary) > self.threshold
 
 
 @register_exit_rule("learned")
 class LearnedExitRule(ExitRule):
-    """BERxiT: one learning-to-exit module shared by all layers, `sigmoid(Linear(h, 1))` on [CLS],
-    estimates whether the layer's prediction is right; exit when it exceeds the threshold."""
+    """BERxiT: one learning-to-exit module shared by all layers, `sigmoid(Linear(h, 1))` on the
+    layer's summary, estimates whether the layer's prediction is right; exit when it exceeds the
+    threshold."""
 
     def __init__(self, num_layers: int, hidden_size: int, threshold: float = 0.5):
         super().__init__(num_layers, hidden_size)
         self.threshold = threshold
         self.lte = nn.Linear(hidden_size, 1)
 
-    def certainty(self, cls_state: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.lte(cls_state)).squeeze(-1)
+    def certainty(self, summary: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.lte(summary)).squeeze(-1)
 
-    def should_exit(self, layer, logits, hidden, rows, state):
-        return self.certainty(hidden[:, 0]) > self.threshold
+    def should_exit(self, layer, logits, summary, rows, state):
+        return self.certainty(summary) > self.threshold

@@ -24,7 +24,7 @@ from transformers.utils import ModelOutput
 from compresskit.errors import ModelFormatError
 from compresskit.modeling.backbones import ADAPTERS
 from compresskit.modeling.config import CompressedConfig
-from compresskit.modeling.dynamic import ExitHead, LayerGate, build_exit_rule
+from compresskit.modeling.dynamic import ExitHead, LayerGate, build_exit_rule, pool
 
 GateEstimator = Callable[[torch.Tensor], torch.Tensor]
 
@@ -46,6 +46,7 @@ class CompressedOutput(ModelOutput):
     gate_logits: dict[int, torch.Tensor] | None = None  # layer -> (batch, 2) skip/run logits
     gate_values: dict[int, torch.Tensor] | None = None  # layer -> (batch,) gate used (0..1)
     exit_logits: dict[int, torch.Tensor] | None = None  # layer -> (batch, labels) (full pass)
+    exit_summaries: dict[int, torch.Tensor] | None = None  # layer -> (batch, hidden) what its exit head read
     layers_executed: torch.Tensor | None = None  # (batch,) transformer layers run per example
     layer_mask: torch.Tensor | None = None  # (batch, layers) bool: which layers ran for each example
     exit_layer: torch.Tensor | None = None  # (batch,) 1-based layer each example left after
@@ -82,6 +83,7 @@ class CompressedModelForSequenceClassification(PreTrainedModel):
         self.exit_heads = nn.ModuleDict(
             {str(i): ExitHead(hidden, config.num_labels, dropout) for i, s in enumerate(specs) if s.exit}
         )
+        self.exit_pooling = config.exit_head_spec().pooling
         rule = config.exit_rule_spec()
         self.exit_rule = build_exit_rule(rule.model_dump(), len(specs), hidden) if rule else None
         self.gate_estimator: GateEstimator = sampled_straight_through
@@ -169,6 +171,10 @@ class CompressedModelForSequenceClassification(PreTrainedModel):
             out.loss = self.task_loss(out.logits, labels)
         return out
 
+    def exit_summary(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """What an exit head and the exit rule read of a layer's output ([CLS] state or token mean)."""
+        return pool(hidden, mask, self.exit_pooling)
+
     def task_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if self.config.num_labels == 1:
             return nn.functional.mse_loss(logits.squeeze(-1), labels.to(logits.dtype))
@@ -177,7 +183,7 @@ class CompressedModelForSequenceClassification(PreTrainedModel):
     def _full_forward(self, hidden, mask, additive, bias, output_hidden_states, output_attentions,
                       output_attention_scores=False):
         states, maps, scores = [hidden], [], []
-        gate_logits, gate_values, exit_logits = {}, {}, {}
+        gate_logits, gate_values, exit_logits, exit_summaries = {}, {}, {}, {}
         for i, layer in enumerate(self.layers):
             if output_attention_scores:
                 with self._capture_scores(layer) as captured:
@@ -195,7 +201,8 @@ class CompressedModelForSequenceClassification(PreTrainedModel):
             states.append(hidden)
             maps.append(attn)
             if str(i) in self.exit_heads:
-                exit_logits[i] = self.exit_heads[str(i)](hidden)
+                exit_summaries[i] = self.exit_summary(hidden, mask)
+                exit_logits[i] = self.exit_heads[str(i)](exit_summaries[i])
         batch = hidden.shape[0]
         layer_mask = torch.ones(batch, self.num_layers, dtype=torch.bool, device=hidden.device)
         for i, g in gate_values.items():
@@ -209,6 +216,7 @@ class CompressedModelForSequenceClassification(PreTrainedModel):
             gate_logits=gate_logits or None,
             gate_values=gate_values or None,
             exit_logits=exit_logits or None,
+            exit_summaries=exit_summaries or None,
             layers_executed=executed,
             layer_mask=layer_mask,
             exit_layer=torch.full((batch,), self.num_layers, device=hidden.device),
@@ -254,8 +262,9 @@ class CompressedModelForSequenceClassification(PreTrainedModel):
                 hidden[rows], _ = self.adapter.run_layer(layer, hidden[rows], additive[rows], bias, False)
                 layer_mask[rows, i] = True
             if i < last and str(i) in self.exit_heads and self.exit_rule is not None:
-                exit_logits = self.exit_heads[str(i)](hidden[active])
-                leave = self.exit_rule.should_exit(i, exit_logits, hidden[active], active, state)
+                summary = self.exit_summary(hidden[active], mask[active])
+                exit_logits = self.exit_heads[str(i)](summary)
+                leave = self.exit_rule.should_exit(i, exit_logits, summary, active, state)
                 logits_out[active[leave]] = exit_logits[leave]
                 exit_layer[active[leave]] = i + 1
                 active = active[~leave]

@@ -13,6 +13,7 @@ from compresskit.pipeline import PipelineState, StageContext
 from compresskit.registry import StageConfig, Strategy, register_strategy
 from compresskit.training.early_exit import (
     CalibrationConfig,
+    ExitHeadsConfig,
     calibrate,
     layer_weighted_loss,
     split_for_calibration,
@@ -21,7 +22,7 @@ from compresskit.training.early_exit import (
 from compresskit.training.trainer import TrainingConfig, train, unwrap
 
 
-class BERxiTConfig(StageConfig):
+class BERxiTConfig(StageConfig, ExitHeadsConfig):
     """Recipe keys of a `berxit` stage."""
 
     epochs: int = Field(2, ge=2, description="alternating epochs: odd ones train the final head's loss, even "
@@ -51,7 +52,7 @@ class BERxiTStrategy(Strategy):
 
     def apply(self, state: PipelineState, ctx: StageContext) -> PipelineState:
         cfg: BERxiTConfig = self.config  # type: ignore[assignment]
-        model = with_exit_heads(state.model, {"name": "learned", "threshold": 0.5})
+        model = with_exit_heads(state.model, {"name": "learned", "threshold": 0.5}, cfg.exit_pooling)
         train_rows, heldout = split_for_calibration(state.data["train"], cfg.calibration.fraction, ctx.seed)
         backbone = [p for n, p in model.named_parameters() if not n.startswith(("exit_heads.", "exit_rule."))]
         exits = list(model.exit_heads.parameters()) + list(model.exit_rule.parameters())
@@ -75,10 +76,10 @@ def _final_loss(model, batch):
 
 
 def _exits_and_lte_loss(model, batch):
-    out = model(**{k: v for k, v in batch.items() if k in MODEL_INPUTS}, output_hidden_states=True)
+    out = model(**{k: v for k, v in batch.items() if k in MODEL_INPUTS})
     rule = unwrap(model).exit_rule
     loss = layer_weighted_loss(out, batch["labels"], "uniform")
     layers = sorted(out.exit_logits)
-    certainty = torch.stack([rule.certainty(out.hidden_states[i + 1][:, 0]) for i in layers], 1)
+    certainty = torch.stack([rule.certainty(out.exit_summaries[i]) for i in layers], 1)
     right = torch.stack([(out.exit_logits[i].argmax(-1) == batch["labels"]).float() for i in layers], 1)
     return loss + F.mse_loss(certainty, right)

@@ -25,11 +25,11 @@ from torch.nn import functional as F
 from compresskit.evaluation.evaluate import MODEL_INPUTS, loader
 from compresskit.pipeline import PipelineState, StageContext
 from compresskit.registry import StageConfig, Strategy, register_strategy
-from compresskit.training.early_exit import layer_weighted_loss, with_exit_heads
+from compresskit.training.early_exit import ExitHeadsConfig, layer_weighted_loss, with_exit_heads
 from compresskit.training.trainer import TrainingConfig, train, unwrap
 
 
-class ConsistentEEConfig(StageConfig):
+class ConsistentEEConfig(StageConfig, ExitHeadsConfig):
     """Recipe keys of a `consistentee` stage."""
 
     init_epochs: float = Field(1.0, ge=0, description="step 1: layer-weighted training of backbone and exits")
@@ -64,7 +64,8 @@ class ConsistentEEStrategy(Strategy):
 
     def apply(self, state: PipelineState, ctx: StageContext) -> PipelineState:
         cfg: ConsistentEEConfig = self.config  # type: ignore[assignment]
-        model = with_exit_heads(state.model, {"name": "policy", "policy_hidden": cfg.policy_hidden})
+        model = with_exit_heads(state.model, {"name": "policy", "policy_hidden": cfg.policy_hidden},
+                                cfg.exit_pooling)
         rows = state.data["train"]
         policies = list(model.exit_rule.parameters())
         trainable = [{"params": [p for n, p in model.named_parameters()
@@ -147,8 +148,8 @@ def _all_layer_logits(out) -> torch.Tensor:
     return torch.stack([out.exit_logits[i] for i in sorted(out.exit_logits)] + [out.logits])  # (L, N, C)
 
 
-def _cls_states(out) -> list[torch.Tensor]:
-    return [h[:, 0] for h in out.hidden_states[1:-1]]  # after layers 1..L-1
+def _summaries(out) -> list[torch.Tensor]:
+    return [out.exit_summaries[i] for i in sorted(out.exit_summaries)]  # after layers 1..L-1
 
 
 def _weighted_loss(model, batch):
@@ -158,11 +159,11 @@ def _weighted_loss(model, batch):
 def _policy_loss(model, batch, cfg: ConsistentEEConfig):
     rule = unwrap(model).exit_rule
     with torch.no_grad():
-        out = model(**_inputs(batch), dynamic=False, output_hidden_states=True)
+        out = model(**_inputs(batch), dynamic=False)
         logits = _all_layer_logits(out)
         ce = F.cross_entropy(logits.flatten(0, 1), batch["labels"].repeat(logits.shape[0]), reduction="none")
         ce = ce.view(logits.shape[0], -1).T  # (N, L)
-    exit_prob = torch.stack([rule.exit_probability(i, s) for i, s in enumerate(_cls_states(out))], 1)
+    exit_prob = torch.stack([rule.exit_probability(i, s) for i, s in enumerate(_summaries(out))], 1)
     return policy_gradient_loss(exit_prob, ce, batch["memorized_layer"], cfg.alpha, cfg.rollouts, cfg.epsilon,
                                 cfg.reward == "hardness")
 
@@ -170,10 +171,10 @@ def _policy_loss(model, batch, cfg: ConsistentEEConfig):
 def _consistent_task_loss(model, batch):
     """Only the classifier at the layer where the (frozen) policy exits an example learns from it."""
     rule = unwrap(model).exit_rule
-    out = model(**_inputs(batch), dynamic=False, output_hidden_states=True)
+    out = model(**_inputs(batch), dynamic=False)
     with torch.no_grad():
         decisions = torch.stack([rule.exit_probability(i, s.detach()) > 0.5
-                                 for i, s in enumerate(_cls_states(out))], 1)
+                                 for i, s in enumerate(_summaries(out))], 1)
         forced = torch.ones(decisions.shape[0], 1, dtype=torch.bool, device=decisions.device)
         exit_at = torch.cat([decisions, forced], 1).float().argmax(1)
     logits = _all_layer_logits(out)  # (L, N, C)

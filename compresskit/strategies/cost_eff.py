@@ -35,6 +35,7 @@ from compresskit.strategies.structured_prune import StructuredPruneConfig, prune
 from compresskit.training.distillation import token_mse
 from compresskit.training.early_exit import (
     CalibrationConfig,
+    ExitHeadsConfig,
     all_exit_logits,
     calibrate,
     replay,
@@ -46,7 +47,7 @@ from compresskit.training.trainer import TrainingConfig, train
 log = logging.getLogger(__name__)
 
 
-class CostEffConfig(StageConfig):
+class CostEffConfig(StageConfig, ExitHeadsConfig):
     """Recipe keys of a `cost_eff` stage."""
 
     head_ratio: float = Field(0.5, ge=0, lt=1, description="share of attention heads removed in the end")
@@ -103,7 +104,7 @@ class CostEffStrategy(Strategy):
                            loss_fn=loss, desc=f"{ctx.name} {desc}")
             info["history"][desc] = result.history
 
-        model = with_exit_heads(state.model, {"name": "entropy", "threshold": 0.0})
+        model = with_exit_heads(state.model, {"name": "entropy", "threshold": 0.0}, cfg.exit_pooling)
         fit(model, cfg.exit_epochs, exits_loss, "exits")
         assistant = copy.deepcopy(model)
 

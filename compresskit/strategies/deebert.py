@@ -12,6 +12,7 @@ from compresskit.pipeline import PipelineState, StageContext
 from compresskit.registry import StageConfig, Strategy, register_strategy
 from compresskit.training.early_exit import (
     CalibrationConfig,
+    ExitHeadsConfig,
     calibrate,
     layer_weighted_loss,
     split_for_calibration,
@@ -20,7 +21,7 @@ from compresskit.training.early_exit import (
 from compresskit.training.trainer import TrainingConfig, train
 
 
-class DeeBERTConfig(StageConfig):
+class DeeBERTConfig(StageConfig, ExitHeadsConfig):
     """Recipe keys of a `deebert` stage."""
 
     epochs: float = Field(2.0, gt=0, description="stage 2: exit heads only (backbone and final head frozen)")
@@ -48,7 +49,7 @@ class DeeBERTStrategy(Strategy):
 
     def apply(self, state: PipelineState, ctx: StageContext) -> PipelineState:
         cfg: DeeBERTConfig = self.config  # type: ignore[assignment]
-        model = with_exit_heads(state.model, {"name": "entropy", "threshold": 0.0})
+        model = with_exit_heads(state.model, {"name": "entropy", "threshold": 0.0}, cfg.exit_pooling)
         train_rows, heldout = split_for_calibration(state.data["train"], cfg.calibration.fraction, ctx.seed)
         model.requires_grad_(False)
         model.exit_heads.requires_grad_(True)

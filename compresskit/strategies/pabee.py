@@ -11,6 +11,7 @@ from compresskit.pipeline import PipelineState, StageContext
 from compresskit.registry import StageConfig, Strategy, register_strategy
 from compresskit.training.early_exit import (
     CalibrationConfig,
+    ExitHeadsConfig,
     calibrate,
     layer_weighted_loss,
     split_for_calibration,
@@ -19,7 +20,7 @@ from compresskit.training.early_exit import (
 from compresskit.training.trainer import TrainingConfig, train
 
 
-class PABEEConfig(StageConfig):
+class PABEEConfig(StageConfig, ExitHeadsConfig):
     """Recipe keys of a `pabee` stage (also the training of `pcee`)."""
 
     epochs: float = Field(2.0, gt=0, description="joint training of backbone and exits")
@@ -31,7 +32,7 @@ class PABEEConfig(StageConfig):
 
 def train_jointly(state: PipelineState, ctx: StageContext, cfg: PABEEConfig, rule: dict):
     """Backbone and exits trained together on the weighted sum of their losses (weight i)."""
-    model = with_exit_heads(state.model, rule)
+    model = with_exit_heads(state.model, rule, cfg.exit_pooling)
     train_rows, heldout = split_for_calibration(state.data["train"], cfg.calibration.fraction, ctx.seed)
     groups = [{"params": [p for n, p in model.named_parameters() if not n.startswith("exit_heads.")]},
               {"params": list(model.exit_heads.parameters()), "lr": cfg.exit_learning_rate}]

@@ -20,6 +20,17 @@ from compresskit.errors import CompressKitError
 from compresskit.evaluation.evaluate import MODEL_INPUTS, loader
 from compresskit.modeling.model import CompressedModelForSequenceClassification, restructure
 
+ExitPooling = Literal["cls", "mean"]
+
+
+class ExitHeadsConfig(BaseModel):
+    """Recipe key shared by the strategies that add exit heads."""
+
+    exit_pooling: ExitPooling = Field(
+        "cls", description="what each exit head (and a learned exit rule) reads of its layer: the [CLS] state "
+        "(BERT-style classifiers) or the mean over tokens (sentence encoders pretrained with mean pooling, "
+        "such as all-MiniLM, whose early [CLS] states carry little)")
+
 
 class CalibrationConfig(BaseModel):
     """How an exit threshold is chosen on held-out training rows (never the evaluation split)."""
@@ -38,12 +49,14 @@ class CalibrationConfig(BaseModel):
         return self
 
 
-def with_exit_heads(model: CompressedModelForSequenceClassification, rule: dict[str, Any]
-                    ) -> CompressedModelForSequenceClassification:
-    """The same model with an exit head after every layer but the last, and `rule` deciding exits."""
+def with_exit_heads(model: CompressedModelForSequenceClassification, rule: dict[str, Any],
+                    pooling: ExitPooling = "cls") -> CompressedModelForSequenceClassification:
+    """The same model with an exit head after every layer but the last, reading the layer's output
+    pooled as `pooling`, and `rule` deciding exits."""
     config = copy.deepcopy(model.config)
     last = len(config.layers) - 1
     config.layers = [{**spec, "exit": i < last} for i, spec in enumerate(config.layers)]
+    config.exit_head = {"pooling": pooling}
     config.exit_rule = rule
     return restructure(model, config)
 
@@ -68,7 +81,8 @@ def layer_weighted_loss(out: Any, labels: torch.Tensor, weighting: Literal["unif
 @torch.no_grad()
 def all_exit_logits(model: CompressedModelForSequenceClassification, dataset: datasets.Dataset, tokenizer
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(layers, examples, labels) logits of every exit plus the final head, [CLS] states, labels."""
+    """(layers, examples, labels) logits of every exit plus the final head, the summaries the exit
+    rule reads (the final layer's too, pooled the same way), labels."""
     model.eval()
     logits, states, labels = [], [], []
     for batch in loader(dataset, tokenizer, 64):
@@ -76,7 +90,8 @@ def all_exit_logits(model: CompressedModelForSequenceClassification, dataset: da
                     output_hidden_states=True)
         layers = sorted(out.exit_logits) + [model.num_layers - 1]
         logits.append(torch.stack([out.exit_logits[i] for i in layers[:-1]] + [out.logits]))
-        states.append(torch.stack([out.hidden_states[i + 1][:, 0] for i in layers]))
+        final = model.exit_summary(out.hidden_states[-1], batch["attention_mask"])
+        states.append(torch.stack([out.exit_summaries[i] for i in layers[:-1]] + [final]))
         labels.append(batch["labels"])
     return torch.cat(logits, 1), torch.cat(states, 1), torch.cat(labels)
 
@@ -94,8 +109,7 @@ def replay(model: CompressedModelForSequenceClassification, logits: torch.Tensor
     exit_layer = torch.full((n,), logits.shape[0])
     preds = logits[-1].argmax(-1).clone()
     for i in range(logits.shape[0] - 1):
-        hidden = states[i, active].unsqueeze(1)  # rules read the [CLS] state, position 0
-        leave = rule.should_exit(i, logits[i, active], hidden, active, state)
+        leave = rule.should_exit(i, logits[i, active], states[i, active], active, state)
         exit_layer[active[leave]] = i + 1
         preds[active[leave]] = logits[i, active[leave]].argmax(-1)
         active = active[~leave]
