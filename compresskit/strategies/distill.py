@@ -15,6 +15,7 @@ import datasets
 import torch
 from pydantic import Field, model_validator
 from torch.nn import functional as F
+from tqdm.auto import tqdm
 
 from compresskit.data.loading import tokenize
 from compresskit.errors import CompressKitError
@@ -246,7 +247,8 @@ def _require_equal_heads(student, teacher) -> None:
 def _with_teacher_logits(train_set: datasets.Dataset, teacher, tokenizer, collate) -> datasets.Dataset:
     """The teacher's predictions on the training split, computed once for every phase-2 epoch."""
     logits = []
-    for batch in loader(train_set, tokenizer, 64, collate_fn=collate):
+    batches = loader(train_set, tokenizer, 64, collate_fn=collate)
+    for batch in tqdm(batches, desc="teacher logits", total=len(batches)):
         logits.append(teacher(**_teacher_inputs(batch)).logits.float())
     if "teacher_logits" in train_set.column_names:
         train_set = train_set.remove_columns("teacher_logits")

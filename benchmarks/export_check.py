@@ -1,0 +1,66 @@
+"""Export every strategy's model to ONNX and compare it with PyTorch over a whole split (issue 6).
+
+    python benchmarks/export_check.py NAME=MODEL_DIR ... [--exports runs/exports] [--int8] [--output FILE.json]
+
+Each model is exported to EXPORTS/NAME (kept if it is already there), then ONNX Runtime and
+PyTorch classify the whole split: the largest absolute logit difference, the share of identical
+predictions and both accuracies go to a Markdown table (stdout) and to --output as JSON. With
+--int8 the exports also get INT8 graphs (ORTQuantizer) and the table their accuracy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from tqdm import tqdm
+
+from compresskit.data.loading import load_splits, resolve_task, tokenize
+from compresskit.export import OnnxClassifier, export_model
+from compresskit.modeling.loading import load_model
+from compresskit.strategies.export import compare
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("models", nargs="+", help="NAME=MODEL_DIR")
+    parser.add_argument("--exports", type=Path, default=Path("runs/exports"))
+    parser.add_argument("--task", default="rotten_tomatoes")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--max-length", type=int, default=64)
+    parser.add_argument("--int8", action="store_true", help="also write and score INT8 graphs")
+    parser.add_argument("--output", type=Path, default=None)
+    args = parser.parse_args()
+    pairs = [spec.split("=", 1) for spec in args.models]
+    if bad := [spec for spec, pair in zip(args.models, pairs, strict=True) if len(pair) != 2]:
+        parser.error(f"give NAME=MODEL_DIR, got {bad}")
+    task = resolve_task(args.task)
+    raw = load_splits(task, [args.split])
+    rows = []
+    for name, directory in tqdm(pairs, desc="export + compare"):
+        model, tokenizer = load_model(directory, task)
+        target = args.exports / name
+        if not target.exists():
+            export_model(model, tokenizer, target, quantize="int8" if args.int8 else None)
+        data = tokenize(raw, tokenizer, args.max_length)[args.split]
+        result = compare(model, OnnxClassifier(target), data, tokenizer)
+        if args.int8:
+            result["int8_accuracy"] = compare(model, OnnxClassifier(target, quantized=True), data,
+                                              tokenizer)["onnx_accuracy"]
+        rows.append({"name": name, "model": directory, "dynamic": model.is_dynamic, **result})
+    print(f"ONNX Runtime vs PyTorch on {args.task}/{args.split} (max length {args.max_length})\n")
+    print("| model | kind | examples | max abs logit diff | identical predictions | ONNX acc | PyTorch acc "
+          "| INT8 acc |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        int8 = f"{r['int8_accuracy']:.4f}" if "int8_accuracy" in r else "-"
+        print(f"| {r['name']} | {'dynamic' if r['dynamic'] else 'static'} | {r['examples']} | {r['max_abs_diff']:.1e} "
+              f"| {r['prediction_agreement']:.2%} | {r['onnx_accuracy']:.4f} | {r['pytorch_accuracy']:.4f} | {int8} |")
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()
