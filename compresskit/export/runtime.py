@@ -146,8 +146,7 @@ class OnnxClassifier:
         """Exit head i's logits and the summary its rule reads."""
         if self.manifest.get("format", 1) < 2:  # older exports: [CLS]-reading heads on the hidden states only
             return self._run(f"exit_{i}", {"hidden": hidden})[0], hidden[:, 0]
-        logits, summary = self._run(f"exit_{i}", {"hidden": hidden, "attention_mask": mask})
-        return logits, summary
+        return tuple(self._run(f"exit_{i}", {"hidden": hidden, "attention_mask": mask}))
 
     # ---- text in, predictions out ----------------------------------------------------------------
     @property
