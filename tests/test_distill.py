@@ -118,3 +118,57 @@ def test_a_student_needs_a_source():
 
     with pytest.raises(ValueError, match="give student"):
         DistillConfig(strategy="distill")
+
+
+def test_augmented_copies_swap_words_for_embedding_neighbours(tmp_path):
+    import datasets
+
+    from compresskit.training.augment import WordNeighbours, augment_dataset
+
+    tokenizer = make_tokenizer(tmp_path / "tok")
+    embeddings = torch.eye(len(VOCAB))
+    good, great = VOCAB.index("good"), VOCAB.index("great")
+    embeddings[good, great] = embeddings[great, good] = 1.0  # the two nearest each other, nothing else is
+    neighbours = WordNeighbours(tokenizer, embeddings, k=1)
+    assert neighbours("good") == ["great"] and neighbours.lookup("Good") == "good"
+    assert neighbours.lookup("unheard") is None  # several word pieces: never replaced
+    raw = datasets.Dataset.from_dict({"text_a": ["good movie, unheard!", "(great) plot"], "label": [1, 0]})
+
+    out = augment_dataset(raw, neighbours, copies=2, replace_prob=1.0, seed=0)
+
+    assert out["text_a"][:2] == raw["text_a"] and out["label"] == [1, 0, 1, 1, 0, 0]
+    # every vocabulary word replaced by its nearest word, punctuation and unknown words kept
+    assert out["text_a"][2:4] == ["great " + out["text_a"][2].split(" ", 1)[1]] * 2
+    assert out["text_a"][2].endswith("unheard!") and out["text_a"][4:] == ["(good) " + out["text_a"][4].split()[1]] * 2
+    assert out["text_a"][2].split()[1] != "movie,"
+    assert augment_dataset(raw, neighbours, 2, 0.5, seed=3)["text_a"] == \
+        augment_dataset(raw, neighbours, 2, 0.5, seed=3)["text_a"]  # seeded
+
+
+def test_augmented_distillation_trains_on_the_copies(tiny_recipe, tmp_path):
+    recipe = tiny_recipe([TEACHER, {"strategy": "distill", "name": "student", "student_layers": [1, 3],
+                                    "intermediate_epochs": 1, "prediction_epochs": 3, "batch_size": 8,
+                                    "learning_rate": 2e-3, "augment_copies": 1, "augment_neighbours": 3}])
+    report, _ = run((recipe, tmp_path / "run"))
+    info = report["stages"][1]["info"]
+    assert info["train_rows"] == 2 * 96  # the originals and one copy of each
+    assert report["final"]["validation"]["accuracy"] >= 0.9
+
+
+def test_cached_teacher_logits_belong_to_their_rows(tiny_model_dir):
+    import datasets
+
+    from compresskit.modeling.loading import load_model
+    from compresskit.strategies.distill import _with_teacher_logits
+    from compresskit.training.collate import TeacherStudentCollator
+
+    teacher, tokenizer = load_model(str(tiny_model_dir))
+    rng = random.Random(0)
+    texts = [" ".join(rng.choices(FILLER, k=rng.randint(1, 12))) for _ in range(70)]  # lengths in no order
+    rows = datasets.Dataset.from_dict(dict(tokenizer(texts), labels=[0] * len(texts)))
+
+    cached = _with_teacher_logits(rows, teacher.eval(), tokenizer, TeacherStudentCollator(tokenizer))
+
+    for i in (0, 13, 69):
+        alone = teacher(**tokenizer(texts[i], return_tensors="pt")).logits[0]
+        torch.testing.assert_close(torch.tensor(cached[i]["teacher_logits"]), alone, atol=1e-5, rtol=1e-4)

@@ -24,6 +24,7 @@ from compresskit.modeling.loading import load_model
 from compresskit.modeling.model import CompressedModelForSequenceClassification, select_layers
 from compresskit.pipeline import PipelineState, StageContext
 from compresskit.registry import StageConfig, Strategy, register_strategy
+from compresskit.training.augment import WordNeighbours, augment_dataset
 from compresskit.training.collate import TEACHER_PREFIX, TeacherStudentCollator
 from compresskit.training.distillation import attention_mse, token_mse
 from compresskit.training.trainer import TrainingConfig, train, unwrap
@@ -53,7 +54,13 @@ class DistillConfig(StageConfig):
     alpha_hidden: float = Field(1.0, ge=0)
     alpha_attention: float = Field(1.0, ge=0)
     temperature: float = Field(1.0, gt=0, description="softening of the prediction loss")
-    hard_label_weight: float = Field(0.0, ge=0, le=1, description="share of the hard-label loss in phase 2")
+    hard_label_weight: float = Field(0.0, ge=0, le=1, description="share of the hard-label loss in phase 2 "
+                                     "(augmented copies keep their source's label)")
+    augment_copies: int = Field(0, ge=0, description="TinyBERT data augmentation: altered copies of each training "
+                                "example, labelled by the teacher (the paper uses 20; 0: off)")
+    augment_replace_prob: float = Field(0.4, gt=0, le=1, description="chance that a word of a copy is replaced")
+    augment_neighbours: int = Field(15, ge=1, description="a word is replaced by one of its this many nearest "
+                                    "words (cosine of the student's input embeddings)")
 
     @model_validator(mode="after")
     def _one_student(self) -> DistillConfig:
@@ -105,13 +112,18 @@ class DistillStrategy(Strategy):
         student_state = PipelineState(model=student, tokenizer=student_tokenizer, task=state.task, raw=state.raw,
                                       max_length=state.max_length)
         shared_ids = _same_tokenizer(teacher_tokenizer, student_tokenizer)
-        train_set = student_state.data["train"]
+        raw_train, train_set = state.raw["train"], student_state.data["train"]
+        if cfg.augment_copies:
+            neighbours = WordNeighbours(student_tokenizer, student.backbone.get_input_embeddings().weight,
+                                        cfg.augment_neighbours)
+            raw_train = augment_dataset(raw_train, neighbours, cfg.augment_copies, cfg.augment_replace_prob, ctx.seed)
+            train_set = tokenize(datasets.DatasetDict(train=raw_train), student_tokenizer, state.max_length)["train"]
         if not shared_ids:
-            train_set = _with_teacher_ids(train_set, state.raw["train"], teacher_tokenizer, state.max_length)
+            train_set = _with_teacher_ids(train_set, raw_train, teacher_tokenizer, state.max_length)
         collate = TeacherStudentCollator(student_tokenizer, None if shared_ids else teacher_tokenizer)
         eval_set = student_state.data[ctx.recipe.recipe.evaluation.split]
         info: dict[str, Any] = {"layer_map": layer_map, "teacher_layers": teacher.num_layers,
-                                "student_layers": student.num_layers, "history": {}}
+                                "student_layers": student.num_layers, "train_rows": len(train_set), "history": {}}
 
         if cfg.intermediate_epochs > 0:
             if not shared_ids:
@@ -246,10 +258,15 @@ def _require_equal_heads(student, teacher) -> None:
 @torch.no_grad()
 def _with_teacher_logits(train_set: datasets.Dataset, teacher, tokenizer, collate) -> datasets.Dataset:
     """The teacher's predictions on the training split, computed once for every phase-2 epoch."""
-    logits = []
-    batches = loader(train_set, tokenizer, 64, collate_fn=collate)
-    for batch in tqdm(batches, desc="teacher logits", total=len(batches)):
-        logits.append(teacher(**_teacher_inputs(batch)).logits.float())
     if "teacher_logits" in train_set.column_names:
         train_set = train_set.remove_columns("teacher_logits")
-    return train_set.add_column("teacher_logits", torch.cat(logits).tolist())
+    # rows of similar length batched together: far less padding for the (large) teacher to read
+    lengths = [len(ids) for ids in train_set["input_ids"]]
+    order = sorted(range(len(train_set)), key=lengths.__getitem__)
+    logits = []
+    batches = loader(train_set.select(order), tokenizer, 64, collate_fn=collate)
+    for batch in tqdm(batches, desc="teacher logits", total=len(batches)):
+        logits.append(teacher(**_teacher_inputs(batch)).logits.float())
+    in_order = torch.empty_like(torch.cat(logits))
+    in_order[torch.tensor(order)] = torch.cat(logits)
+    return train_set.add_column("teacher_logits", in_order.tolist())
