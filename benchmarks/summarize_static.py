@@ -2,7 +2,7 @@
 
     python benchmarks/summarize_static.py runs [--plot docs/results/static/cost_eff_curve.png]
 
-Reads the runs of benchmarks/static.sh: static-tinybert, static-prune, static-layers-greedy,
+Reads the runs of benchmarks/static.sh: static-tinybert* (every student variant), static-prune, static-layers-greedy,
 static-layers-top, static-cost-eff, static-latency.json, and runs/minilm-l6-2ep (the student
 fine-tuned without a teacher, and the unpruned model every other run starts from). Missing runs
 are skipped.
@@ -24,23 +24,42 @@ def acc(entry: dict, split: str = "test") -> float:
 
 
 def tinybert(runs: Path) -> None:
-    report, plain = load(runs / "static-tinybert/report.json"), load(runs / "minilm-l6-2ep/report.json")
-    if report is None:
+    """Every static-tinybert* run (one teacher, students distilled with different settings)."""
+    reports = {d: load(d / "report.json") for d in sorted(runs.glob("static-tinybert*"))}
+    reports = {d: r for d, r in reports.items() if r is not None}
+    if not reports:
         return
-    teacher, student = report["baseline"], report["final"]
+    teacher = next(iter(reports.values()))["baseline"]
     print("\n### TinyBERT: MPNet-12 -> MiniLM-L6\n")
     print("| model | test acc | of teacher | val acc | GFLOPs/example | params | train min |")
     print("|---|---|---|---|---|---|---|")
-    minutes = {s["name"]: s["seconds"] / 60 for s in report["stages"]}
-    rows = [("MPNet-12 teacher (fine-tuned, 1 epoch)", teacher, minutes.get("teacher")),
-            ("MiniLM-L6 distilled (TinyBERT)", student, minutes.get("student"))]
+    minutes = {s["name"]: s["seconds"] / 60 for s in next(iter(reports.values()))["stages"]}
+    rows = [("MPNet-12 teacher (fine-tuned, 1 epoch)", teacher, minutes.get("teacher"))]
+    for run_dir, report in reports.items():
+        student = _student_settings(run_dir)
+        rows.append((f"MiniLM-L6 distilled: {student} (`{run_dir.name}`)", report["final"],
+                     report["stages"][-1]["seconds"] / 60))
+    plain = load(runs / "minilm-l6-2ep/report.json")
     if plain:
-        minutes_plain = plain["stages"][-1]["seconds"] / 60
-        rows.append(("MiniLM-L6 fine-tuned, no teacher (2 epochs)", plain["final"], minutes_plain))
+        rows.append(("MiniLM-L6 fine-tuned, no teacher (2 epochs, 5e-5)", plain["final"],
+                     plain["stages"][-1]["seconds"] / 60))
     for name, entry, mins in rows:
         print(f"| {name} | {acc(entry):.4f} | {acc(entry) / acc(teacher):.1%} | {acc(entry, 'validation'):.4f} "
               f"| {entry['flops_per_example'] / 1e9:.2f} | {entry['parameters'] / 1e6:.1f}M "
               f"| {'-' if mins is None else f'{mins:.0f}'} |")
+
+
+def _student_settings(run_dir: Path) -> str:
+    import yaml
+
+    stage = yaml.safe_load((run_dir / "recipe.yaml").read_text())["stages"][-1]
+    text = (f"{stage.get('intermediate_epochs', 3):g} intermediate + {stage.get('prediction_epochs', 3):g} "
+            f"prediction epochs at {stage.get('learning_rate', 3e-5):g}")
+    if stage.get("augment_copies"):
+        text += f", {stage['augment_copies']} augmented copies"
+    if stage.get("temperature", 1) != 1 or stage.get("hard_label_weight", 0):
+        text += f", T={stage.get('temperature', 1):g}, hard {stage.get('hard_label_weight', 0):g}"
+    return text
 
 
 def pruning(runs: Path) -> None:
