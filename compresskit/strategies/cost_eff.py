@@ -204,8 +204,8 @@ def plot_curves(curve: list[dict], unpruned: list[dict], path: Any) -> None:
     for rows, label in ((unpruned, "multi-exit, full width"), (curve, "COST-EFF (slenderized)")):
         ax.plot([r["flops_per_example"] / 1e9 for r in rows], [r["accuracy"] for r in rows], marker="o", label=label)
     ax.set_xlabel("GFLOPs per example (counted)")
-    ax.set_ylabel("accuracy")
-    ax.set_title("Entropy-threshold sweep")
+    ax.set_ylabel("accuracy (the recipe's evaluation split)")
+    ax.set_title("COST-EFF: entropy-threshold sweep")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
