@@ -267,6 +267,7 @@ def _with_teacher_logits(train_set: datasets.Dataset, teacher, tokenizer, collat
     batches = loader(train_set.select(order), tokenizer, 64, collate_fn=collate)
     for batch in tqdm(batches, desc="teacher logits", total=len(batches)):
         logits.append(teacher(**_teacher_inputs(batch)).logits.float())
-    in_order = torch.empty_like(torch.cat(logits))
-    in_order[torch.tensor(order)] = torch.cat(logits)
+    by_length = torch.cat(logits)
+    in_order = torch.empty_like(by_length)
+    in_order[torch.tensor(order)] = by_length
     return train_set.add_column("teacher_logits", in_order.tolist())
