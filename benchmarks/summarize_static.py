@@ -29,11 +29,12 @@ def tinybert(runs: Path) -> None:
     reports = {d: r for d, r in reports.items() if r is not None}
     if not reports:
         return
-    teacher = next(iter(reports.values()))["baseline"]
+    first = next(iter(reports.values()))  # every variant resumed the same teacher stage
+    teacher = first["baseline"]
     print("\n### TinyBERT: MPNet-12 -> MiniLM-L6\n")
     print("| model | test acc | of teacher | val acc | GFLOPs/example | params | train min |")
     print("|---|---|---|---|---|---|---|")
-    minutes = {s["name"]: s["seconds"] / 60 for s in next(iter(reports.values()))["stages"]}
+    minutes = {s["name"]: s["seconds"] / 60 for s in first["stages"]}
     rows = [("MPNet-12 teacher (fine-tuned, 1 epoch)", teacher, minutes.get("teacher"))]
     for run_dir, report in reports.items():
         student = _student_settings(run_dir)

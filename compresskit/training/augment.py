@@ -7,7 +7,7 @@ labels the copies, so a replacement that changes the meaning changes the target 
 
 The packaged encoders ship neither an MLM head nor GloVe, so the candidates here are the K
 nearest whole-word tokens by cosine similarity of a model's input word embeddings (for
-MiniLM-L6: "terrific" -> "fantastic", "awesome", ...); words the tokenizer splits into several
+MiniLM-L6: "terrific" -> "fantastic", "excellent", "great", ...); words the tokenizer splits into several
 pieces are kept as they are.
 """
 
