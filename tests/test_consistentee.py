@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import torch
 
+from compresskit.modeling.dynamic import PolicyRule
 from compresskit.pipeline import Pipeline
 from compresskit.recipe import load_recipe
-from compresskit.strategies.consistentee import memorized_layer, policy_gradient_loss
+from compresskit.strategies.consistentee import (
+    ConsistentEEConfig,
+    LayerStates,
+    fit_policies,
+    memorized_layer,
+    policy_gradient_loss,
+)
 
 TEACHER = {"strategy": "finetune", "name": "teacher", "epochs": 6, "learning_rate": 2e-3, "batch_size": 8}
 
@@ -43,13 +50,36 @@ def test_policy_gradient_favours_the_better_action_and_the_baseline_centres_rewa
     assert same.item() == 0.0  # hard examples (m = L) with equal losses: no advantage, no update
 
 
+def test_policies_trained_on_cached_states_exit_easy_examples_early_and_keep_hard_ones():
+    torch.manual_seed(0)
+    layers, n = 3, 256
+    easy = torch.arange(n) % 2 == 0
+    summaries = torch.randn(layers - 1, n, 8) * 0.1
+    summaries[:, :, 0] += torch.where(easy, 1.0, -1.0)  # what tells the policies the two kinds apart
+    # easy: every classifier right; hard: wrong until the last layer
+    layer_ce = torch.where(easy[:, None], torch.full((n, layers), 0.05), torch.tensor([[2.0, 2.0, 0.05]]))
+    memorized = torch.where(easy, 1, layers)
+    rule = PolicyRule(layers, 8, policy_hidden=16)
+    cfg = ConsistentEEConfig(strategy="consistentee", name="rl", policy_epochs=20, batch_size=32,
+                             policy_learning_rate=1e-2, epsilon=0.1)
+    fit_policies(rule, LayerStates(summaries, layer_ce, memorized), cfg, alpha=0.2, seed=0, desc="test")
+    with torch.no_grad():
+        first = rule.exit_probability(0, summaries[0])
+    assert first[easy].min() > 0.5 and first[~easy].max() < 0.5
+
+
 def test_consistentee_trains_policies_that_exit_and_reloads(tiny_recipe, tmp_path):
     stage = {"strategy": "consistentee", "name": "rl", "init_epochs": 3, "rounds": 2, "policy_epochs": 2,
              "task_epochs": 1, "alpha": 0.2, "learning_rate": 1e-3, "exit_learning_rate": 5e-3,
              "policy_learning_rate": 1e-2, "batch_size": 8}
     report = Pipeline(load_recipe(tiny_recipe([TEACHER, stage])), tmp_path / "run").run()
     info = report["stages"][1]["info"]
-    assert len(info["memorized_layer_counts"]) == 2 and sum(info["memorized_layer_counts"][0]) == 96
+    # memorized layers before each round's policy step and before the final one, on the rows not held out
+    assert len(info["memorized_layer_counts"]) == 3
+    assert sum(info["memorized_layer_counts"][0]) == 96 - info["calibration"]["examples"]
+    table = info["calibration"]["table"]
+    assert [row["alpha"] for row in table] == ConsistentEEConfig.model_fields["alphas"].default
+    assert info["calibration"]["chosen"]["accuracy"] >= info["calibration"]["full_accuracy"] - 0.01
     final = report["final"]["validation"]
     assert final["avg_layers"] < 4.0 and final["accuracy"] >= 0.8
     assert report["final"]["flops_per_example"] < report["baseline"]["flops_per_example"]

@@ -83,6 +83,35 @@ def test_the_runtime_runs_each_layer_only_on_the_rows_that_need_it(tokenizer, tm
     assert out.layers_executed.sum() < 12 * model.num_layers
 
 
+@pytest.mark.parametrize("shape", [dict(gates=True), dict(exits="policy"), dict(gates=True, exits="entropy")],
+                         ids=["gated", "exits", "gated+exits"])
+def test_one_example_costs_one_graph_call_per_executed_layer_at_most_plus_skips(shape, tokenizer, tmp_path,
+                                                                                 monkeypatch):
+    # the exit head, the rule's score, the next gate and the classifier head ride in the layer's graph:
+    # a lone example makes the embedding call, one call per layer it runs, and one per layer it skips
+    model = model_of("bert", shape)
+    export_model(model, tokenizer, tmp_path / "onnx")
+    runtime = OnnxClassifier(tmp_path / "onnx")
+    calls: list[str] = []
+    run = runtime._run
+    monkeypatch.setattr(runtime, "_run", lambda name, feeds_: calls.append(name) or run(name, feeds_))
+    batch = feeds(inputs(batch=6, seed=3), runtime)
+    for row in range(6):
+        calls.clear()
+        out = runtime.forward({k: v[row:row + 1] for k, v in batch.items()})
+        reached = int(out.exit_layer[0])  # layers the example went through, run or skipped
+        assert calls[0] == "embed" and len(calls) == 1 + reached
+        assert sum(name.startswith("layer_") for name in calls) == int(out.layers_executed[0])
+
+
+def test_an_export_from_an_older_format_asks_to_export_again(tokenizer, tmp_path):
+    export_model(model_of("bert", dict(gates=True)), tokenizer, tmp_path / "onnx")
+    manifest = json.loads((tmp_path / "onnx" / "compresskit_export.json").read_text())
+    (tmp_path / "onnx" / "compresskit_export.json").write_text(json.dumps({**manifest, "format": 2}))
+    with pytest.raises(CompressKitError, match="export the model again"):
+        OnnxClassifier(tmp_path / "onnx")
+
+
 def test_a_batch_predicts_what_one_example_at_a_time_does(tokenizer, tmp_path):
     model = model_of("mpnet", dict(exits="entropy"))
     export_model(model, tokenizer, tmp_path / "onnx")

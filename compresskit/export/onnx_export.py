@@ -3,9 +3,9 @@
 Static models (distilled, pruned, layer-pruned, fine-tuned) go through Optimum's exporter with
 :class:`CompressKitOnnxConfig` and Optimum's output validation. A dynamic model (gates, exits)
 decides per example which layers run; one graph cannot skip work for part of a batch, so each
-part — embeddings, every layer, every gate, every exit head, the classifier head — is its own
-graph, and :class:`compresskit.export.runtime.OnnxClassifier` routes sub-batches between them,
-exactly as the PyTorch model's routed inference does. The export directory is written whole or
+layer is its own graph (with the exit head, the rule's score and the next gate it feeds), and
+:class:`compresskit.export.runtime.OnnxClassifier` routes sub-batches between them, exactly as
+the PyTorch model's routed inference does. The export directory is written whole or
 not at all (a temporary sibling, renamed at the end).
 """
 
@@ -73,47 +73,71 @@ def _export_static(model: CompressedModelForSequenceClassification, work: Path, 
             "graphs": ["model.onnx"], "num_layers": model.num_layers}
 
 
-# ---- dynamic models: one graph per part -------------------------------------------------------
+# ---- dynamic models: one graph per layer -----------------------------------------------------
+# Each layer's graph also computes what follows the layer: the exit head's logits and the exit
+# rule's score, the next layer's gate, the classifier head after the last layer. One ONNX Runtime
+# call per layer and example is what keeps batch 1 close to the ideal speed-up. Rows whose gate
+# skips a layer get the same from the small `after_i` graph on their unchanged hidden states.
 class _Embed(nn.Module):
     def __init__(self, model):
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids, token_type_ids=None):
+    def forward(self, input_ids, attention_mask, token_type_ids=None):
         hidden = self.model.adapter.embed(self.model.backbone, input_ids, token_type_ids)
+        outputs = {"hidden": hidden}
         bias = self.model.adapter.position_bias(self.model.backbone, hidden)
-        return hidden if bias is None else (hidden, bias)
+        if bias is not None:
+            outputs["position_bias"] = bias
+        if "0" in self.model.gates:
+            outputs["next_gate"] = self.model.gates["0"](hidden, attention_mask)
+        return tuple(outputs.values())
+
+
+def _embed_outputs(model) -> list[str]:
+    mpnet = model.config.backbone["model_type"] == "mpnet"
+    return ["hidden"] + (["position_bias"] if mpnet else []) + (["next_gate"] if "0" in model.gates else [])
+
+
+def _has_exit(model, index: int) -> bool:
+    return index < model.num_layers - 1 and str(index) in model.exit_heads and model.exit_rule is not None
+
+
+class _After(nn.Module):
+    """What follows layer `index` on its output: exit logits and rule score, the next gate, the head."""
+
+    def __init__(self, model, index):
+        super().__init__()
+        self.model, self.index = model, index
+
+    def forward(self, out, attention_mask):
+        outputs = []
+        if _has_exit(self.model, self.index):
+            summary = self.model.exit_summary(out, attention_mask)
+            logits = self.model.exit_heads[str(self.index)](summary)
+            outputs += [logits, self.model.exit_rule.score(self.index, logits, summary)]
+        if str(self.index + 1) in self.model.gates:
+            outputs.append(self.model.gates[str(self.index + 1)](out, attention_mask))
+        if self.index == self.model.num_layers - 1:
+            outputs.append(self.model.adapter.head(self.model.backbone, out))
+        return tuple(outputs)
+
+
+def _after_outputs(model, index: int) -> list[str]:
+    return ((["exit_logits", "exit_score"] if _has_exit(model, index) else [])
+            + (["next_gate"] if str(index + 1) in model.gates else [])
+            + (["logits"] if index == model.num_layers - 1 else []))
 
 
 class _Layer(nn.Module):
     def __init__(self, model, index):
         super().__init__()
-        self.model, self.layer = model, model.layers[index]
+        self.layer, self.adapter, self.after = model.layers[index], model.adapter, _After(model, index)
 
     def forward(self, hidden, attention_mask, position_bias=None):
         additive = (1.0 - attention_mask[:, None, None, :].to(hidden.dtype)) * torch.finfo(hidden.dtype).min
-        return self.model.adapter.run_layer(self.layer, hidden, additive, position_bias, False)[0]
-
-
-class _Exit(nn.Module):
-    """An exit head with its pooling: logits, and the summary the exit rule reads."""
-
-    def __init__(self, model, index):
-        super().__init__()
-        self.model, self.head = model, model.exit_heads[str(index)]
-
-    def forward(self, hidden, attention_mask):
-        summary = self.model.exit_summary(hidden, attention_mask)
-        return self.head(summary), summary
-
-
-class _Head(nn.Module):
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, hidden):
-        return self.model.adapter.head(self.model.backbone, hidden)
+        out = self.adapter.run_layer(self.layer, hidden, additive, position_bias, False)[0]
+        return (out, *self.after(out, attention_mask))
 
 
 def _export_parts(model: CompressedModelForSequenceClassification, work: Path) -> dict[str, Any]:
@@ -122,54 +146,40 @@ def _export_parts(model: CompressedModelForSequenceClassification, work: Path) -
     ids = torch.randint(5, model.config.backbone["vocab_size"], (2, 7))
     mask = torch.ones_like(ids)
     types = torch.zeros_like(ids)
-    batch_seq = {0: "batch", 1: "sequence"}
+    batch_seq, batch = {0: "batch", 1: "sequence"}, {0: "batch"}
     mpnet = model.config.backbone["model_type"] == "mpnet"
     graphs: list[str] = []
 
-    def save(module, args, file, inputs, outputs, axes):
+    def save(module, args, file, inputs, outputs):
         # export restores the module's mode afterwards: a wrapper left in training mode would put
         # the model into training mode (dropout) with it
         module.eval()
+        axes = {n: batch_seq for n in inputs if n != "position_bias"}
+        axes |= {n: batch_seq if n in ("hidden", "out") else batch for n in outputs if n != "position_bias"}
+        if mpnet:
+            axes["position_bias"] = {2: "sequence", 3: "sequence_k"}
         torch.onnx.export(module, args, str(work / file), input_names=inputs, output_names=outputs,
                           dynamic_axes=axes, opset_version=ONNX_OPSET, dynamo=False)
         graphs.append(file)
 
-    embed_inputs = ["input_ids"] + (["token_type_ids"] if "token_type_ids" in names else [])
-    embed_args = (ids, types) if "token_type_ids" in names else (ids,)
-    embed_outputs = ["hidden"] + (["position_bias"] if mpnet else [])
-    embed_axes = {n: batch_seq for n in embed_inputs} | {"hidden": batch_seq}
-    if mpnet:
-        embed_axes["position_bias"] = {2: "sequence", 3: "sequence_k"}
+    typed = "token_type_ids" in names
     with torch.no_grad():
-        save(_Embed(model), embed_args, "embed.onnx", embed_inputs, embed_outputs, embed_axes)
+        save(_Embed(model), (ids, mask, types) if typed else (ids, mask), "embed.onnx",
+             ["input_ids", "attention_mask"] + (["token_type_ids"] if typed else []), _embed_outputs(model))
         hidden = torch.randn(2, 7, hidden_size)
         bias = model.adapter.position_bias(model.backbone, hidden)
         for i in range(model.num_layers):
             args = (hidden, mask) + ((bias,) if mpnet else ())
             inputs = ["hidden", "attention_mask"] + (["position_bias"] if mpnet else [])
-            axes = {"hidden": batch_seq, "attention_mask": batch_seq, "out": batch_seq}
-            if mpnet:
-                axes["position_bias"] = {2: "sequence", 3: "sequence_k"}
-            save(_Layer(model, i), args, f"layer_{i}.onnx", inputs, ["out"], axes)
-            if str(i) in model.gates:
-                save(model.gates[str(i)], (hidden, mask), f"gate_{i}.onnx", ["hidden", "attention_mask"],
-                     ["logits"], {"hidden": batch_seq, "attention_mask": batch_seq, "logits": {0: "batch"}})
-            if str(i) in model.exit_heads:
-                save(_Exit(model, i), (hidden, mask), f"exit_{i}.onnx", ["hidden", "attention_mask"],
-                     ["logits", "summary"], {"hidden": batch_seq, "attention_mask": batch_seq,
-                                             "logits": {0: "batch"}, "summary": {0: "batch"}})
-        save(_Head(model), (hidden,), "head.onnx", ["hidden"], ["logits"],
-             {"hidden": batch_seq, "logits": {0: "batch"}})
-    if model.exit_rule is not None and any(True for _ in model.exit_rule.parameters()):
-        from safetensors.torch import save_file
-
-        # learned rules (ConsistentEE policies, BERxiT's exit module) decide on tiny tensors in torch
-        save_file({k: v.contiguous() for k, v in model.exit_rule.state_dict().items()}, work / "exit_rule.safetensors")
+            save(_Layer(model, i), args, f"layer_{i}.onnx", inputs, ["out"] + _after_outputs(model, i))
+            if str(i) in model.gates and _after_outputs(model, i):  # for the rows whose gate skips layer i
+                save(_After(model, i), (hidden, mask), f"after_{i}.onnx", ["out", "attention_mask"],
+                     _after_outputs(model, i))
     model.eval()
-    # format 2: exit graphs take the attention mask and also return the summary the rule reads
-    return {"format": 2, "kind": "dynamic", "inputs": names, "graphs": graphs, "num_layers": model.num_layers,
-            "gates": sorted(int(i) for i in model.gates), "exits": sorted(int(i) for i in model.exit_heads),
-            "position_bias": mpnet}
+    # format 3: layer graphs carry their exit head + rule score, the next gate and (last) the head
+    return {"format": 3, "kind": "dynamic", "inputs": names, "graphs": graphs, "num_layers": model.num_layers,
+            "gates": sorted(int(i) for i in model.gates),
+            "exits": sorted(i for i in range(model.num_layers) if _has_exit(model, i)), "position_bias": mpnet}
 
 
 def _validate(model: CompressedModelForSequenceClassification, tokenizer: Any, work: Path,

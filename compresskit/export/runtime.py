@@ -1,10 +1,12 @@
 """ONNX Runtime inference for exported compresskit models, skipping work per example.
 
-A dynamic export is a set of graphs (embeddings, each layer, each gate, each exit head, the
-head). The runtime runs a layer only on the rows of the batch whose gate opened and that have
-not exited, just as the PyTorch model's routed inference does, so a skipped layer costs nothing
-at any batch size. Exit rules are the model's own (`compresskit.modeling.dynamic`): they decide on
-tiny tensors (logits, the pooled layer output the exit head read) after each exit head.
+A dynamic export is a set of graphs: the embeddings (+ the first gate), each layer (+ what
+follows it: exit logits and the exit rule's score, the next gate, the head after the last), and
+for gated layers an `after_i` graph that computes the same for rows that skip the layer. The
+runtime runs a layer only on the rows of the batch whose gate opened and that have not exited,
+just as the PyTorch model's routed inference does, so a skipped layer costs nothing at any batch
+size. The exit rule's decision half (`ExitRule.decide`: threshold, patience counters) runs here
+on the scores the graphs computed.
 """
 
 from __future__ import annotations
@@ -42,6 +44,9 @@ class OnnxClassifier:
             manifest = json.loads(path.read_text())
         if quantized and not manifest.get("quantized"):
             raise CompressKitError(f"{self.directory} has no INT8 graphs; export with --quantize int8")
+        if manifest["kind"] == "dynamic" and manifest.get("format", 1) < 3:
+            raise CompressKitError(f"{self.directory} was exported by an older compresskit (format "
+                                   f"{manifest.get('format', 1)}); export the model again with `compresskit export`")
         self.manifest = manifest
         self.suffix = manifest["quantized"]["suffix"] if quantized else ""
         options = ort.SessionOptions()
@@ -50,6 +55,7 @@ class OnnxClassifier:
         self._options = options
         self._sessions: dict[str, ort.InferenceSession] = {}
         self._inputs: dict[str, set[str]] = {}
+        self._outputs: dict[str, list[str]] = {}
         self.inputs: list[str] = manifest["inputs"]
         self.exit_rule = self._load_exit_rule() if manifest["kind"] == "dynamic" and manifest["exits"] else None
         self._tokenizer = None
@@ -65,24 +71,24 @@ class OnnxClassifier:
             self._sessions[name] = ort.InferenceSession(str(file), self._options, providers=["CPUExecutionProvider"])
         return self._sessions[name]
 
-    def _run(self, name: str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    def _run(self, name: str, feeds: dict[str, np.ndarray | None]) -> dict[str, np.ndarray]:
+        """The graph's outputs by name; feeds it does not take (or None) are left out."""
         session = self._session(name)
-        # the exporter drops inputs a graph does not use (the mask of a [CLS]-pooling head)
-        used = self._inputs.setdefault(name, {i.name for i in session.get_inputs()})
-        return session.run(None, {k: v for k, v in feeds.items() if k in used})
+        if name not in self._inputs:
+            # the exporter drops inputs a graph does not use (the mask of a [CLS]-pooling head)
+            self._inputs[name] = {i.name for i in session.get_inputs()}
+            self._outputs[name] = [o.name for o in session.get_outputs()]
+        used = self._inputs[name]
+        values = session.run(None, {k: v for k, v in feeds.items() if k in used and v is not None})
+        return dict(zip(self._outputs[name], values, strict=True))
 
     def _load_exit_rule(self):
+        """The rule's decision half (its knob and state); its score is computed inside the graphs."""
         from compresskit.modeling.config import CompressedConfig
         from compresskit.modeling.dynamic import build_exit_rule
 
         config = CompressedConfig.from_pretrained(self.directory)
-        rule = build_exit_rule(config.exit_rule, len(config.layers), config.backbone["hidden_size"])
-        weights = self.directory / "exit_rule.safetensors"
-        if weights.exists():
-            from safetensors.torch import load_file
-
-            rule.load_state_dict(load_file(weights))
-        return rule.eval()
+        return build_exit_rule(config.exit_rule, len(config.layers), config.backbone["hidden_size"]).eval()
 
     # ---- inference -------------------------------------------------------------------------
     def forward(self, encodings: dict[str, np.ndarray]) -> RuntimeOutput:
@@ -95,58 +101,72 @@ class OnnxClassifier:
         layers = self.manifest["num_layers"]
         batch = feeds["input_ids"].shape[0]
         if self.manifest["kind"] == "static":
-            logits = self._run("model", feeds)[0]
+            logits = self._run("model", feeds)["logits"]
             full = np.full(batch, layers)
             return RuntimeOutput(logits, full.astype(np.float32), full)
         return self._routed(feeds, batch, layers)
 
     def _routed(self, feeds: dict[str, np.ndarray], batch: int, layers: int) -> RuntimeOutput:
-        mask = feeds["attention_mask"]
-        embed_feeds = {k: feeds[k] for k in ("input_ids", "token_type_ids") if k in feeds}
-        embedded = self._run("embed", embed_feeds)
-        hidden = embedded[0].copy()
-        bias = embedded[1] if self.manifest.get("position_bias") else None
+        embedded = self._run("embed", feeds)
+        # the rows still running (original indices) and their states, compacted as rows exit: an
+        # example that runs every layer until it exits is never copied or scattered
+        rows, hidden, mask = np.arange(batch), embedded["hidden"], feeds["attention_mask"]
+        bias, gate = embedded.get("position_bias"), embedded.get("next_gate")
         gates, exits = set(self.manifest["gates"]), set(self.manifest["exits"])
-        active = np.arange(batch)
         logits = None
         executed = np.zeros(batch, dtype=np.float32)
         exit_layer = np.full(batch, layers)
-        state = self.exit_rule.init_state(batch, torch.device("cpu")) if self.exit_rule is not None else {}
+        state = ({k: v.numpy() for k, v in self.exit_rule.init_state(batch, torch.device("cpu")).items()}
+                 if self.exit_rule is not None else {})
         for i in range(layers):
-            rows = active
-            if i in gates:
-                gate = self._run(f"gate_{i}", {"hidden": hidden[rows], "attention_mask": mask[rows]})[0]
-                rows = rows[gate[:, 1] > gate[:, 0]]
-            if rows.size:
-                layer_feeds = {"hidden": hidden[rows], "attention_mask": mask[rows]}
-                if bias is not None:
-                    layer_feeds["position_bias"] = bias
-                hidden[rows] = self._run(f"layer_{i}", layer_feeds)[0]
+            opened = gate[:, 1] > gate[:, 0] if i in gates else None
+            if opened is None or opened.all():
+                after = self._run(f"layer_{i}", {"hidden": hidden, "attention_mask": mask, "position_bias": bias})
+                hidden = after.pop("out")
                 executed[rows] += 1
-            if i < layers - 1 and i in exits and self.exit_rule is not None:
-                exit_logits, summary = self._exit(i, hidden[active], mask[active])
-                if logits is None:
-                    logits = np.zeros((batch, exit_logits.shape[1]), dtype=np.float32)
-                with torch.no_grad():
-                    leave = self.exit_rule.should_exit(i, torch.from_numpy(exit_logits), torch.from_numpy(summary),
-                                                       torch.from_numpy(active), state).numpy()
-                logits[active[leave]] = exit_logits[leave]
-                exit_layer[active[leave]] = i + 1
-                active = active[~leave]
-                if not active.size:
-                    break
-        if active.size:
-            head = self._run("head", {"hidden": hidden[active]})[0]
-            if logits is None:
-                logits = np.zeros((batch, head.shape[1]), dtype=np.float32)
-            logits[active] = head
+            elif not opened.any():  # every row skips layer i
+                after = self._after(i, hidden, mask)
+            else:
+                hidden, after = self._partial_layer(i, hidden, mask, bias, opened)
+                executed[rows[opened]] += 1
+            if i + 1 in gates:
+                gate = after["next_gate"]
+            if i == layers - 1:
+                logits = _place(logits, rows, after["logits"], batch)
+            elif i in exits:
+                leave = self.exit_rule.decide(i, after["exit_score"], rows, state)
+                logits = _place(logits, rows[leave], after["exit_logits"][leave], batch)
+                exit_layer[rows[leave]] = i + 1
+                if leave.any():
+                    keep = ~leave
+                    rows, hidden, mask = rows[keep], hidden[keep], mask[keep]
+                    gate = gate[keep] if i + 1 in gates else gate
+                    if not rows.size:
+                        break
         return RuntimeOutput(logits, executed, exit_layer)
 
-    def _exit(self, i: int, hidden: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Exit head i's logits and the summary its rule reads."""
-        if self.manifest.get("format", 1) < 2:  # older exports: [CLS]-reading heads on the hidden states only
-            return self._run(f"exit_{i}", {"hidden": hidden})[0], hidden[:, 0]
-        return tuple(self._run(f"exit_{i}", {"hidden": hidden, "attention_mask": mask}))
+    def _after(self, i: int, hidden: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
+        """What layer i's graph computes after the layer, on the unchanged states of rows that skip it."""
+        if f"after_{i}.onnx" not in self.manifest["graphs"]:  # nothing follows (no exit, no next gate)
+            return {}
+        return self._run(f"after_{i}", {"out": hidden, "attention_mask": mask})
+
+    def _partial_layer(self, i: int, hidden: np.ndarray, mask: np.ndarray, bias: np.ndarray | None,
+                       opened: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Layer i on the rows whose gate opened; what follows it (`after_i`) on the others too."""
+        run, skipped = np.flatnonzero(opened), np.flatnonzero(~opened)
+        parts = []
+        if run.size:
+            out = self._run(f"layer_{i}", {"hidden": hidden[run], "attention_mask": mask[run], "position_bias": bias})
+            hidden[run] = out.pop("out")
+            parts.append((run, out))
+        parts.append((skipped, self._after(i, hidden[skipped], mask[skipped])))
+        merged = {}
+        for name, first in parts[0][1].items():
+            merged[name] = np.empty((len(opened), *first.shape[1:]), dtype=first.dtype)
+            for part_rows, out in parts:
+                merged[name][part_rows] = out[name]
+        return hidden, merged
 
     # ---- text in, predictions out ----------------------------------------------------------------
     @property
@@ -205,3 +225,12 @@ class OnnxClassifier:
                 results.append({"label": labels[best] if best < len(labels) else str(best),
                                 "score": float(p[best]), "layers": float(n)})
         return results
+
+
+
+def _place(logits: np.ndarray | None, rows: np.ndarray, values: np.ndarray, batch: int) -> np.ndarray:
+    """Write `values` into the batch's logits at `rows` (allocated on first use: the label count)."""
+    if logits is None:
+        logits = np.zeros((batch, values.shape[1]), dtype=values.dtype)
+    logits[rows] = values
+    return logits

@@ -7,6 +7,7 @@ the saved config names it. A rule sees only the examples still in the batch.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -56,6 +57,12 @@ class ExitHead(nn.Module):
 class ExitRule(nn.Module):
     """Decides, after an exit layer, which of the remaining examples stop there.
 
+    A decision has two halves: `score` turns the exit head's outputs into one number per example
+    (entropy, P(exit), ...) with tensor operations only, so an export computes it inside the layer's
+    graph; `decide` compares scores with the rule's knob (a threshold, a patience) and keeps the
+    per-example state, so calibration can move the knob without touching the graph. `decide` uses
+    operators and indexing only, so it runs on torch tensors (PyTorch inference) and on numpy
+    arrays (the ONNX Runtime loop, where a torch call per layer would cost more than the choice).
     `state` is a dict of per-example tensors over the whole batch (e.g. patience counters);
     `rows` indexes the examples still running, aligned with `logits` and `summary` (the pooled
     layer output the exit head read: [CLS] state or token mean, per the model's exit_head spec).
@@ -68,9 +75,16 @@ class ExitRule(nn.Module):
     def init_state(self, batch_size: int, device: torch.device) -> dict[str, torch.Tensor]:
         return {}
 
+    def score(self, layer: int, logits: torch.Tensor, summary: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def decide(self, layer: int, score: torch.Tensor, rows: torch.Tensor,
+               state: dict[str, torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
+
     def should_exit(self, layer: int, logits: torch.Tensor, summary: torch.Tensor,
                     rows: torch.Tensor, state: dict[str, torch.Tensor]) -> torch.Tensor:
-        raise NotImplementedError
+        return self.decide(layer, self.score(layer, logits, summary), rows, state)
 
 
 EXIT_RULES: dict[str, type[ExitRule]] = {}
@@ -100,7 +114,7 @@ def entropy(logits: torch.Tensor, normalized: bool = False) -> torch.Tensor:
     logp = torch.log_softmax(logits, dim=-1)  # log_softmax: no log(0) on confident heads
     ent = -(logp.exp() * logp).sum(-1)
     if normalized:
-        ent = ent / torch.log(torch.tensor(float(logits.shape[-1])))
+        ent = ent / math.log(logits.shape[-1])
     return ent
 
 
@@ -112,8 +126,11 @@ class EntropyRule(ExitRule):
         super().__init__(num_layers, hidden_size)
         self.threshold = threshold
 
-    def should_exit(self, layer, logits, summary, rows, state):
-        return entropy(logits) < self.threshold
+    def score(self, layer, logits, summary):
+        return entropy(logits)
+
+    def decide(self, layer, score, rows, state):
+        return score < self.threshold
 
 
 @register_exit_rule("patience")
@@ -125,15 +142,17 @@ class PatienceRule(ExitRule):
         self.patience = patience
 
     def init_state(self, batch_size, device):
-        return {"last": torch.full((batch_size,), -1, device=device),
+        return {"last": torch.full((batch_size,), -1.0, device=device),
                 "count": torch.zeros(batch_size, dtype=torch.long, device=device)}
 
-    def should_exit(self, layer, logits, summary, rows, state):
-        pred = logits.argmax(-1)
-        same = pred == state["last"][rows]
-        state["count"][rows] = torch.where(same, state["count"][rows] + 1, torch.zeros_like(pred))
-        state["last"][rows] = pred
-        return state["count"][rows] >= self.patience
+    def score(self, layer, logits, summary):
+        return logits.argmax(-1).to(logits.dtype)  # the prediction, as a float to travel with the others
+
+    def decide(self, layer, score, rows, state):
+        count = (state["count"][rows] + 1) * (score == state["last"][rows])  # reset when the argmax changes
+        state["count"][rows] = count
+        state["last"][rows] = score
+        return count >= self.patience
 
 
 @register_exit_rule("patience_confidence")
@@ -148,11 +167,13 @@ class PatienceConfidenceRule(ExitRule):
     def init_state(self, batch_size, device):
         return {"count": torch.zeros(batch_size, dtype=torch.long, device=device)}
 
-    def should_exit(self, layer, logits, summary, rows, state):
-        confident = entropy(logits, normalized=True) < self.threshold
-        state["count"][rows] = torch.where(confident, state["count"][rows] + 1,
-                                           torch.zeros_like(state["count"][rows]))
-        return state["count"][rows] >= self.patience
+    def score(self, layer, logits, summary):
+        return entropy(logits, normalized=True)
+
+    def decide(self, layer, score, rows, state):
+        count = (state["count"][rows] + 1) * (score < self.threshold)  # reset when not confident
+        state["count"][rows] = count
+        return count >= self.patience
 
 
 @register_exit_rule("budget")
@@ -163,8 +184,12 @@ class BudgetRule(ExitRule):
         super().__init__(num_layers, hidden_size)
         self.k = k
 
-    def should_exit(self, layer, logits, summary, rows, state):
-        return torch.full((logits.shape[0],), layer + 1 >= self.k, dtype=torch.bool, device=logits.device)
+    def score(self, layer, logits, summary):
+        return torch.zeros_like(logits[:, 0])  # the depth alone decides
+
+    def decide(self, layer, score, rows, state):
+        every = score == score  # all True (scores are zeros), as the caller's array type
+        return every if layer + 1 >= self.k else ~every
 
 
 @register_exit_rule("policy")
@@ -187,8 +212,11 @@ class PolicyRule(ExitRule):
     def exit_probability(self, layer: int, summary: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.policies[layer](summary)).squeeze(-1)
 
-    def should_exit(self, layer, logits, summary, rows, state):
-        return self.exit_probability(layer, summary) > self.threshold
+    def score(self, layer, logits, summary):
+        return self.exit_probability(layer, summary)
+
+    def decide(self, layer, score, rows, state):
+        return score > self.threshold
 
 
 @register_exit_rule("learned")
@@ -205,5 +233,8 @@ class LearnedExitRule(ExitRule):
     def certainty(self, summary: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.lte(summary)).squeeze(-1)
 
-    def should_exit(self, layer, logits, summary, rows, state):
-        return self.certainty(summary) > self.threshold
+    def score(self, layer, logits, summary):
+        return self.certainty(summary)
+
+    def decide(self, layer, score, rows, state):
+        return score > self.threshold

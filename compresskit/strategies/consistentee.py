@@ -1,6 +1,8 @@
 """`consistentee`: ConsistentEE (Zeng et al., 2024): early exit learned by reinforcement learning.
 
-A policy network per layer decides exit / continue from the [CLS] state. Training:
+A policy network per layer decides exit / continue from the layer's summary ([CLS] state, or the
+mean over tokens with `exit_pooling: mean`). Training, on the train split minus the rows held out
+for calibration:
   1. initialise backbone and exit heads on the layer-weighted sum of their losses (weight i);
   2. compute each training example's memorized layer m (earliest layer from which every later
      classifier is right; L if the last one is wrong);
@@ -9,23 +11,41 @@ A policy network per layer decides exit / continue from the [CLS] state. Trainin
      mean reward of the K rollouts as baseline, epsilon-greedy exploration;
   4. train backbone and exit heads with the policies frozen: only the classifier at the layer
      where the policy exits an example gets its loss;
-  5. repeat 2-4 for `rounds`. Inference exits when P(exit) > 0.5.
+  5. repeat 2-4 for `rounds`; then 2-3 once more, so the policies match the final backbone.
+Inference exits when P(exit) > 0.5.
+
+Step 3 runs on the layer states and losses computed once per round: with the backbone frozen
+they do not change, so the policies train for many epochs in seconds instead of one epoch of
+backbone passes (and without the dropout noise of a training-mode backbone). alpha is the
+method's accuracy/speed knob: the last policy step trains one set of policies per candidate in
+`alphas`, and the calibration keeps the one that fits the recipe's goal on the held-out rows.
 """
 
 from __future__ import annotations
 
-import functools
+import copy
+from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import datasets
 import torch
 from pydantic import Field
 from torch.nn import functional as F
+from tqdm.auto import tqdm
 
-from compresskit.evaluation.evaluate import MODEL_INPUTS, loader
+from compresskit.evaluation.evaluate import MODEL_INPUTS
 from compresskit.pipeline import PipelineState, StageContext
 from compresskit.registry import StageConfig, Strategy, register_strategy
-from compresskit.training.early_exit import ExitHeadsConfig, layer_weighted_loss, with_exit_heads
+from compresskit.training.early_exit import (
+    CalibrationConfig,
+    ExitHeadsConfig,
+    all_exit_logits,
+    choose_setting,
+    layer_weighted_loss,
+    replay,
+    split_for_calibration,
+    with_exit_heads,
+)
 from compresskit.training.trainer import TrainingConfig, train, unwrap
 
 
@@ -34,17 +54,20 @@ class ConsistentEEConfig(StageConfig, ExitHeadsConfig):
 
     init_epochs: float = Field(1.0, ge=0, description="step 1: layer-weighted training of backbone and exits")
     rounds: int = Field(2, ge=1, description="repetitions of steps 2-4")
-    policy_epochs: float = Field(1.0, gt=0, description="step 3 epochs per round")
+    policy_epochs: float = Field(5.0, gt=0, description="step 3 epochs over the cached layer states")
     task_epochs: float = Field(1.0, gt=0, description="step 4 epochs per round")
     rollouts: int = Field(8, ge=2, description="K trajectories per example; their mean reward is the baseline")
     epsilon: float = Field(0.1, ge=0, le=1, description="share of random actions (exploration)")
-    alpha: float = Field(0.05, ge=0, description="weight of depth against accuracy in the reward")
+    alpha: float = Field(0.1, ge=0, description="weight of depth against accuracy in the reward during the rounds")
+    alphas: list[float] = Field([0.02, 0.05, 0.075, 0.1, 0.125, 0.15, 0.2], min_length=1,
+                                description="alpha candidates of the final policy step, chosen by `calibration`")
     reward: Literal["hardness", "vanilla"] = Field("hardness", description="hardness: alpha scaled by 1 - m/L")
     policy_hidden: int = Field(32, ge=1)
     learning_rate: float = Field(2e-5, gt=0, description="backbone")
     exit_learning_rate: float = Field(5e-4, gt=0, description="exit heads (fresh modules)")
     policy_learning_rate: float = Field(1e-3, gt=0)
     batch_size: int = Field(32, ge=1)
+    calibration: CalibrationConfig = Field(default_factory=lambda: CalibrationConfig(max_accuracy_drop=0.01))
 
 
 @register_strategy
@@ -55,7 +78,8 @@ class ConsistentEEStrategy(Strategy):
 
         - strategy: consistentee
           rounds: 2
-          alpha: 0.05
+          alphas: [0.05, 0.1, 0.15]
+          calibration: {max_accuracy_drop: 0.01}
     """
 
     name = "consistentee"
@@ -66,32 +90,99 @@ class ConsistentEEStrategy(Strategy):
         cfg: ConsistentEEConfig = self.config  # type: ignore[assignment]
         model = with_exit_heads(state.model, {"name": "policy", "policy_hidden": cfg.policy_hidden},
                                 cfg.exit_pooling)
-        rows = state.data["train"]
-        policies = list(model.exit_rule.parameters())
+        rows, heldout = split_for_calibration(state.data["train"], cfg.calibration.fraction, ctx.seed)
+        untrained_policies = copy.deepcopy(model.exit_rule.state_dict())
         trainable = [{"params": [p for n, p in model.named_parameters()
                                  if not n.startswith(("exit_heads.", "exit_rule."))]},
                      {"params": list(model.exit_heads.parameters()), "lr": cfg.exit_learning_rate}]
         history: dict[str, Any] = {}
 
-        def fit(name, epochs, lr, loss, params, data=rows):
-            result = train(model, data, None, state.task, state.tokenizer,
-                           TrainingConfig(epochs=epochs, learning_rate=lr, batch_size=cfg.batch_size), ctx.seed,
-                           loss_fn=loss, parameters=params, desc=f"{ctx.name} {name}")
+        def fit(name, epochs, loss):
+            result = train(model, rows, None, state.task, state.tokenizer,
+                           TrainingConfig(epochs=epochs, learning_rate=cfg.learning_rate, batch_size=cfg.batch_size),
+                           ctx.seed, loss_fn=loss, parameters=trainable, desc=f"{ctx.name} {name}")
             history[name] = result.history
 
         if cfg.init_epochs > 0:
-            fit("init", cfg.init_epochs, cfg.learning_rate, _weighted_loss, trainable)
+            fit("init", cfg.init_epochs, _weighted_loss)
         memorized_counts = []
         for r in range(cfg.rounds):
-            memorized = memorized_layers_of(model, rows, state.tokenizer)
-            memorized_counts.append(torch.bincount(memorized, minlength=model.num_layers + 1)[1:].tolist())
-            with_memory = rows.add_column("memorized_layer", memorized.tolist())
-            fit(f"round {r + 1} policy", cfg.policy_epochs, cfg.policy_learning_rate,
-                functools.partial(_policy_loss, cfg=cfg), policies, with_memory)
-            fit(f"round {r + 1} task", cfg.task_epochs, cfg.learning_rate, _consistent_task_loss, trainable)
+            states = LayerStates.of(model, rows, state.tokenizer)
+            memorized_counts.append(states.memorized_counts())
+            history[f"round {r + 1} policy"] = fit_policies(model.exit_rule, states, cfg, cfg.alpha, ctx.seed,
+                                                            desc=f"{ctx.name} round {r + 1} policy")
+            fit(f"round {r + 1} task", cfg.task_epochs, _consistent_task_loss)
+        states = LayerStates.of(model, rows, state.tokenizer)
+        memorized_counts.append(states.memorized_counts())
+        calibration = _calibrate_alpha(model, states, heldout, state.tokenizer, untrained_policies, cfg, ctx)
         state.model = model
-        state.info = {"history": history, "memorized_layer_counts": memorized_counts}
+        state.info = {"history": history, "memorized_layer_counts": memorized_counts, "calibration": calibration}
         return state
+
+
+@dataclass
+class LayerStates:
+    """What the policies learn from, computed once with the backbone frozen (eval mode)."""
+
+    summaries: torch.Tensor  # (L-1, N, H): what policy i reads after layer i+1
+    layer_ce: torch.Tensor  # (N, L): each classifier's loss, the last layer's included
+    memorized: torch.Tensor  # (N,): 1-based memorized layers
+
+    @classmethod
+    def of(cls, model, dataset: datasets.Dataset, tokenizer) -> LayerStates:
+        logits, summaries, labels = all_exit_logits(model, dataset, tokenizer)
+        layers = logits.shape[0]
+        ce = F.cross_entropy(logits.flatten(0, 1), labels.repeat(layers), reduction="none").view(layers, -1).T
+        return cls(summaries[:-1], ce, memorized_layer(logits.argmax(-1) == labels))
+
+    def memorized_counts(self) -> list[int]:
+        return torch.bincount(self.memorized, minlength=self.layer_ce.shape[1] + 1)[1:].tolist()
+
+
+def fit_policies(rule, states: LayerStates, cfg: ConsistentEEConfig, alpha: float, seed: int, desc: str
+                 ) -> list[dict[str, float]]:
+    """Step 3: REINFORCE on the cached states for `cfg.policy_epochs`; the mean loss per epoch."""
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.Adam(rule.parameters(), lr=cfg.policy_learning_rate)
+    n = states.layer_ce.shape[0]
+    steps = max(1, round(cfg.policy_epochs * n / cfg.batch_size))
+    order = torch.cat([torch.randperm(n, generator=generator) for _ in range(int(cfg.policy_epochs) + 1)])
+    rule.train()
+    history, total = [], 0.0
+    for step in tqdm(range(steps), desc=desc, leave=False):
+        rows = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+        exit_prob = torch.stack([rule.exit_probability(i, s[rows]) for i, s in enumerate(states.summaries)], 1)
+        loss = policy_gradient_loss(exit_prob, states.layer_ce[rows], states.memorized[rows], alpha, cfg.rollouts,
+                                    cfg.epsilon, cfg.reward == "hardness")
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        total += loss.item()
+        if (step + 1) % max(1, n // cfg.batch_size) == 0 or step + 1 == steps:
+            history.append({"step": step + 1, "policy_loss": total / max(1, n // cfg.batch_size)})
+            total = 0.0
+    rule.eval()
+    return history
+
+
+def _calibrate_alpha(model, states: LayerStates, heldout: datasets.Dataset, tokenizer, untrained: dict,
+                     cfg: ConsistentEEConfig, ctx: StageContext) -> dict[str, Any]:
+    """Final step 3 once per alpha candidate (from the same untrained policies); keep the one the
+    calibration goal picks on the held-out rows."""
+    logits, summaries, labels = all_exit_logits(model, heldout, tokenizer)
+    full_accuracy = float((logits[-1].argmax(-1) == labels).float().mean())
+    table, weights = [], {}
+    for alpha in cfg.alphas:
+        model.exit_rule.load_state_dict(untrained)
+        fit_policies(model.exit_rule, states, cfg, alpha, ctx.seed, desc=f"{ctx.name} policy alpha={alpha}")
+        exit_layer, preds = replay(model, logits, summaries)
+        table.append({"alpha": alpha, "accuracy": float((preds == labels).float().mean()),
+                      "avg_layers": float(exit_layer.float().mean())})
+        weights[alpha] = copy.deepcopy(model.exit_rule.state_dict())
+    chosen = choose_setting(table, full_accuracy, cfg.calibration, "alpha")
+    model.exit_rule.load_state_dict(weights[chosen["alpha"]])
+    return {"parameter": "alpha", "chosen": chosen, "full_accuracy": full_accuracy, "table": table,
+            "examples": int(labels.numel())}
 
 
 def memorized_layer(correct: torch.Tensor) -> torch.Tensor:
@@ -103,16 +194,6 @@ def memorized_layer(correct: torch.Tensor) -> torch.Tensor:
     suffix_all = torch.flip(torch.cumprod(torch.flip(correct.long(), [0]), 0), [0])  # right here and after
     trailing = suffix_all.sum(0)
     return torch.where(trailing > 0, layers - trailing + 1, torch.full_like(trailing, layers))
-
-
-@torch.no_grad()
-def memorized_layers_of(model, dataset: datasets.Dataset, tokenizer) -> torch.Tensor:
-    model.eval()
-    correct = []
-    for batch in loader(dataset, tokenizer, 64):
-        logits = _all_layer_logits(model(**_inputs(batch), dynamic=False))
-        correct.append(logits.argmax(-1) == batch["labels"])
-    return memorized_layer(torch.cat(correct, 1))
 
 
 def policy_gradient_loss(exit_prob: torch.Tensor, layer_ce: torch.Tensor, memorized: torch.Tensor, alpha: float,
@@ -156,24 +237,12 @@ def _weighted_loss(model, batch):
     return layer_weighted_loss(model(**_inputs(batch)), batch["labels"], "linear")
 
 
-def _policy_loss(model, batch, cfg: ConsistentEEConfig):
-    rule = unwrap(model).exit_rule
-    with torch.no_grad():
-        out = model(**_inputs(batch), dynamic=False)
-        logits = _all_layer_logits(out)
-        ce = F.cross_entropy(logits.flatten(0, 1), batch["labels"].repeat(logits.shape[0]), reduction="none")
-        ce = ce.view(logits.shape[0], -1).T  # (N, L)
-    exit_prob = torch.stack([rule.exit_probability(i, s) for i, s in enumerate(_summaries(out))], 1)
-    return policy_gradient_loss(exit_prob, ce, batch["memorized_layer"], cfg.alpha, cfg.rollouts, cfg.epsilon,
-                                cfg.reward == "hardness")
-
-
 def _consistent_task_loss(model, batch):
     """Only the classifier at the layer where the (frozen) policy exits an example learns from it."""
     rule = unwrap(model).exit_rule
     out = model(**_inputs(batch), dynamic=False)
     with torch.no_grad():
-        decisions = torch.stack([rule.exit_probability(i, s.detach()) > 0.5
+        decisions = torch.stack([rule.exit_probability(i, s.detach()) > rule.threshold
                                  for i, s in enumerate(_summaries(out))], 1)
         forced = torch.ones(decisions.shape[0], 1, dtype=torch.bool, device=decisions.device)
         exit_at = torch.cat([decisions, forced], 1).float().argmax(1)

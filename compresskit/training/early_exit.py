@@ -127,15 +127,20 @@ def calibrate(model: CompressedModelForSequenceClassification, heldout: datasets
         exit_layer, preds = replay(model, logits, states)
         table.append({parameter: value, "accuracy": float((preds == labels).float().mean()),
                       "avg_layers": float(exit_layer.float().mean())})
-    if cfg.target_layers is not None:
-        chosen = min(table, key=lambda row: abs(row["avg_layers"] - cfg.target_layers))
-    else:
-        allowed = [row for row in table if row["accuracy"] >= full_accuracy - cfg.max_accuracy_drop]
-        if not allowed:
-            raise CompressKitError(f"no {parameter} keeps the held-out accuracy within {cfg.max_accuracy_drop} "
-                                   f"of {full_accuracy:.4f}; allow a larger drop")
-        chosen = min(allowed, key=lambda row: row["avg_layers"])
+    chosen = choose_setting(table, full_accuracy, cfg, parameter)
     setattr(model.exit_rule, parameter, chosen[parameter])
     model.config.exit_rule = {**model.config.exit_rule, parameter: chosen[parameter]}
     return {"parameter": parameter, "chosen": chosen, "full_accuracy": full_accuracy, "table": table,
             "examples": int(labels.numel())}
+
+
+def choose_setting(table: list[dict[str, Any]], full_accuracy: float, cfg: CalibrationConfig, parameter: str
+                   ) -> dict[str, Any]:
+    """The row of `table` (accuracy and avg_layers per setting, on held-out rows) `cfg` asks for."""
+    if cfg.target_layers is not None:
+        return min(table, key=lambda row: abs(row["avg_layers"] - cfg.target_layers))
+    allowed = [row for row in table if row["accuracy"] >= full_accuracy - cfg.max_accuracy_drop]
+    if not allowed:
+        raise CompressKitError(f"no {parameter} keeps the held-out accuracy within {cfg.max_accuracy_drop} "
+                               f"of {full_accuracy:.4f}; allow a larger drop")
+    return min(allowed, key=lambda row: row["avg_layers"])
