@@ -23,6 +23,11 @@ declare -A models=(
   [berxit]=runs/ee-berxit/stages/00-exit/model
   [pcee]=runs/ee-pcee/stages/00-exit/model
   [consistentee]=runs/ee-consistentee/stages/00-exit/model
+  [deebert-mean]=runs/ee-deebert-mean/stages/00-exit/model
+  [pabee-mean]=runs/ee-pabee-mean/stages/00-exit/model
+  [berxit-mean]=runs/ee-berxit-mean/stages/00-exit/model
+  [pcee-mean]=runs/ee-pcee-mean/stages/00-exit/model
+  [consistentee-mean]=runs/ee-consistentee-mean/stages/00-exit/model
 )
 present() { for name in "$@"; do [ -d "${models[$name]}" ] && echo "$name"; done; }
 
@@ -33,7 +38,8 @@ agreement() {
     | tee "$out/agreement.md"
 }
 latency() {  # one thread: the ratios are what matters; exports from `agreement`
-  dynamic=(hadskip-b3 hadskip-b4 budgeted-exit-k3 deebert pabee berxit pcee consistentee cost-eff)
+  dynamic=(hadskip-b3 hadskip-b4 budgeted-exit-k3 deebert pabee berxit pcee consistentee cost-eff
+           deebert-mean pabee-mean berxit-mean pcee-mean consistentee-mean)
   paths=(runs/exports/minilm-l6)
   for name in "${dynamic[@]}"; do [ -d "runs/exports/$name" ] && paths+=("runs/exports/$name"); done
   compresskit benchmark "${paths[@]}" --batch-sizes 1,32 --threads 1 --output "$out/ort_dynamic.json"

@@ -8,8 +8,11 @@
 
 Every exit's logits are computed once per model on the split; the model's own exit rule is then
 replayed over a sweep of its knob (entropy / certainty / exit-probability threshold, patience),
-so each point is exactly what inference with that setting does. The operating point the strategy
-calibrated is marked. `--point` models (budgeted exit, HadSkip, static models) give one point each.
+so each point is exactly what inference with that setting does. ConsistentEE's knob is alpha, the
+reward's depth weight: its points refit the policies at each alpha on the training rows (the
+stage's own final step, from fresh weights) and replay them; its operating point is the saved
+model. The operating point the strategy calibrated is marked. `--point` models (budgeted exit,
+HadSkip, static models) give one point each.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from compresskit.data.loading import load_splits, resolve_task, tokenize
 from compresskit.evaluation.evaluate import evaluate
@@ -33,19 +37,19 @@ def sweep(rule_name: str, num_layers: int, num_labels: int) -> tuple[str, list[f
         return "threshold", list(np.linspace(0, math.log(num_labels), 41))
     if rule_name == "patience":
         return "patience", list(range(1, num_layers))
-    if rule_name == "policy":
-        return "threshold", list(np.linspace(0.025, 0.975, 39))
     if rule_name in ("learned", "patience_confidence"):
         return "threshold", list(np.linspace(0, 1, 41))
     raise SystemExit(f"exit_curve: no sweep for exit rule {rule_name!r}; pass the model with --point")
 
 
-def curve(path: str, data, split: str, task, max_length: int) -> dict:
+def curve(path: str, data, split: str, task, max_length: int, seed: int) -> dict:
     model, tokenizer = load_model(path, task)
     rule = model.config.exit_rule
     if not rule:
         raise SystemExit(f"exit_curve: {path} has no exit rule; pass it with --point")
     logits, states, labels = all_exit_logits(model, tokenize(data, tokenizer, max_length)[split], tokenizer)
+    if rule["name"] == "policy":
+        return policy_curve(path, model, tokenizer, (logits, states, labels), task, max_length, seed)
     knob, values = sweep(rule["name"], model.num_layers, task.num_labels)
     chosen = getattr(model.exit_rule, knob)
     points = []
@@ -55,6 +59,34 @@ def curve(path: str, data, split: str, task, max_length: int) -> dict:
         points.append({knob: float(value), "accuracy": float((preds == labels).float().mean()),
                        "avg_layers": float(exit_layer.float().mean())})
     return {"model": path, "rule": rule["name"], "knob": knob, "points": points[:-1], "operating_point": points[-1]}
+
+
+def policy_curve(path: str, model, tokenizer, replayed, task, max_length: int, seed: int) -> dict:
+    """ConsistentEE: one point per alpha candidate of the strategy, policies refit on the train rows."""
+    from compresskit.modeling.dynamic import build_exit_rule
+    from compresskit.strategies.consistentee import ConsistentEEConfig, LayerStates, fit_policies
+    from compresskit.training.early_exit import split_for_calibration
+
+    logits, states, labels = replayed
+
+    def point(**knob) -> dict:
+        exit_layer, preds = replay(model, logits, states)
+        return {**knob, "accuracy": float((preds == labels).float().mean()),
+                "avg_layers": float(exit_layer.float().mean())}
+
+    operating = point(alpha=None)  # the saved policies
+    cfg = ConsistentEEConfig(strategy="consistentee", name="curve")
+    train = tokenize(load_splits(task, ["train"], seed=seed), tokenizer, max_length)["train"]
+    rows, _ = split_for_calibration(train, cfg.calibration.fraction, seed)
+    cached = LayerStates.of(model, rows, tokenizer)
+    torch.manual_seed(seed)
+    fresh = build_exit_rule(model.config.exit_rule, model.num_layers, model.config.backbone["hidden_size"])
+    points = []
+    for alpha in cfg.alphas:
+        model.exit_rule.load_state_dict(fresh.state_dict())
+        fit_policies(model.exit_rule, cached, cfg, alpha, seed, desc=f"refit alpha={alpha}")
+        points.append(point(alpha=alpha))
+    return {"model": path, "rule": "policy", "knob": "alpha", "points": points, "operating_point": operating}
 
 
 def single_point(path: str, data, split: str, task, max_length: int) -> dict:
@@ -112,6 +144,7 @@ def main() -> None:
     parser.add_argument("--task", default="rotten_tomatoes")
     parser.add_argument("--split", default="test")
     parser.add_argument("--max-length", type=int, default=64)
+    parser.add_argument("--seed", type=int, default=42, help="of the runs (ConsistentEE's train/held-out split)")
     parser.add_argument("--output", type=Path, required=True)
     parser.add_argument("--plot", type=Path, default=None)
     args = parser.parse_args()
@@ -119,7 +152,8 @@ def main() -> None:
     task = resolve_task(args.task)
     data, split = load_splits(task, [args.split]), args.split
     results = {"task": task.name, "split": split,
-               "curves": {n: curve(p, data, split, task, args.max_length) for n, p in named(args.curves).items()},
+               "curves": {n: curve(p, data, split, task, args.max_length, args.seed)
+                          for n, p in named(args.curves).items()},
                "points": {n: single_point(p, data, split, task, args.max_length)
                           for n, p in named(args.point).items()},
                "references": {n: single_point(p, data, split, task, args.max_length)
@@ -128,7 +162,8 @@ def main() -> None:
     args.output.write_text(json.dumps(results, indent=2))
     for name, r in results["curves"].items():
         op = r["operating_point"]
-        print(f"{name}: calibrated {r['knob']}={op[r['knob']]:.3f} -> {op['accuracy']:.4f} @ {op['avg_layers']:.2f}")
+        knob = "" if r["knob"] == "alpha" else f" {r['knob']}={op[r['knob']]:.3f}"  # ConsistentEE: the saved model
+        print(f"{name}: calibrated{knob} -> {op['accuracy']:.4f} @ {op['avg_layers']:.2f}")
     for name, p in {**results["points"], **results["references"]}.items():
         print(f"{name}: {p['accuracy']:.4f} @ {p['avg_layers']:.2f}")
     if args.plot:

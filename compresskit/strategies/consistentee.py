@@ -53,7 +53,8 @@ class ConsistentEEConfig(StageConfig, ExitHeadsConfig):
     """Recipe keys of a `consistentee` stage."""
 
     init_epochs: float = Field(1.0, ge=0, description="step 1: layer-weighted training of backbone and exits")
-    rounds: int = Field(2, ge=1, description="repetitions of steps 2-4")
+    rounds: int = Field(2, ge=0, description="repetitions of steps 2-4 (0: no task step with the policies, "
+                        "the ablation: initialisation, then the final policy step)")
     policy_epochs: float = Field(5.0, gt=0, description="step 3 epochs over the cached layer states")
     task_epochs: float = Field(1.0, gt=0, description="step 4 epochs per round")
     rollouts: int = Field(8, ge=2, description="K trajectories per example; their mean reward is the baseline")
