@@ -2,8 +2,9 @@
 # Issue-5 results (docs/benchmarks.md, "Early exit"): DeeBERT, PABEE, BERxiT, PCEE-BERT and
 # ConsistentEE on the fine-tuned MiniLM-L6, with the budgeted-exit baselines, on one plot.
 # Usage: bash benchmarks/early_exit.sh [train|curves] ...   (default: both)
-#   EE_METHODS="pabee consistentee" restricts `train`; the teacher and the budgeted-exit runs come
-#   from benchmarks/hadskip.sh (steps `teacher` and `baselines`). EE_POOLING=mean trains and plots
+#   EE_METHODS="pabee consistentee" restricts `train` (consistentee-r0: ConsistentEE without its task
+#   rounds, the ablation); the teacher and the budgeted-exit runs come from benchmarks/hadskip.sh
+#   (steps `teacher` and `baselines`). EE_POOLING=mean trains and plots
 #   exit heads that read the mean over real tokens (runs/ee-METHOD-mean, curves-mean.*).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,7 +22,7 @@ train() {
 }
 curves() {
   local args=()
-  for m in deebert pabee berxit pcee consistentee; do
+  for m in deebert pabee berxit pcee consistentee consistentee-r0; do
     [ -d "runs/ee-$m$suffix/stages/00-exit/model" ] && args+=("$m=runs/ee-$m$suffix/stages/00-exit/model")
   done
   for k in 1 2 3 4 5; do

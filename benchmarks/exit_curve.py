@@ -82,7 +82,8 @@ def policy_curve(path: str, model, tokenizer, replayed, task, max_length: int, s
     torch.manual_seed(seed)
     fresh = build_exit_rule(model.config.exit_rule, model.num_layers, model.config.backbone["hidden_size"])
     points = []
-    for alpha in cfg.alphas:
+    # the strategy's candidates and a finer grid: depth falls off a cliff within a few hundredths of alpha
+    for alpha in sorted({*cfg.alphas, *(round(a, 3) for a in np.arange(0.01, 0.2001, 0.01))}):
         model.exit_rule.load_state_dict(fresh.state_dict())
         fit_policies(model.exit_rule, cached, cfg, alpha, seed, desc=f"refit alpha={alpha}")
         points.append(point(alpha=alpha))
