@@ -60,8 +60,10 @@ class ConsistentEEConfig(StageConfig, ExitHeadsConfig):
     rollouts: int = Field(8, ge=2, description="K trajectories per example; their mean reward is the baseline")
     epsilon: float = Field(0.1, ge=0, le=1, description="share of random actions (exploration)")
     alpha: float = Field(0.1, ge=0, description="weight of depth against accuracy in the reward during the rounds")
-    alphas: list[float] = Field([0.02, 0.05, 0.075, 0.1, 0.125, 0.15, 0.2], min_length=1,
-                                description="alpha candidates of the final policy step, chosen by `calibration`")
+    alphas: list[float] = Field([round(0.01 + 0.005 * i, 3) for i in range(39)], min_length=1,
+                                description="alpha candidates of the final policy step (one policy fit of a few "
+                                "seconds each), chosen by `calibration`; depth drops off a cliff within 0.01 of "
+                                "alpha, hence the fine grid")
     reward: Literal["hardness", "vanilla"] = Field("hardness", description="hardness: alpha scaled by 1 - m/L")
     policy_hidden: int = Field(32, ge=1)
     learning_rate: float = Field(2e-5, gt=0, description="backbone")
