@@ -53,9 +53,12 @@ class OnnxClassifier:
         if threads:
             options.intra_op_num_threads = threads
         self._options = options
-        self._sessions: dict[str, ort.InferenceSession] = {}
-        self._inputs: dict[str, set[str]] = {}
-        self._outputs: dict[str, list[str]] = {}
+        # every graph is loaded now: a graph first reached mid-stream (a deep layer most examples
+        # never run) would otherwise cost its load time (tens of ms) inside some request
+        self._sessions = {graph.removesuffix(".onnx"): self._load(graph.removesuffix(".onnx"))
+                          for graph in manifest["graphs"]}
+        self._inputs = {name: {i.name for i in s.get_inputs()} for name, s in self._sessions.items()}
+        self._outputs = {name: [o.name for o in s.get_outputs()] for name, s in self._sessions.items()}
         self.inputs: list[str] = manifest["inputs"]
         self.exit_rule = self._load_exit_rule() if manifest["kind"] == "dynamic" and manifest["exits"] else None
         self._tokenizer = None
@@ -65,21 +68,15 @@ class OnnxClassifier:
         return cls(directory, **kwargs)
 
     # ---- graphs ----------------------------------------------------------------------------
-    def _session(self, name: str) -> ort.InferenceSession:
-        if name not in self._sessions:
-            file = self.directory / f"{name}{self.suffix}.onnx"
-            self._sessions[name] = ort.InferenceSession(str(file), self._options, providers=["CPUExecutionProvider"])
-        return self._sessions[name]
+    def _load(self, name: str) -> ort.InferenceSession:
+        file = self.directory / f"{name}{self.suffix}.onnx"
+        return ort.InferenceSession(str(file), self._options, providers=["CPUExecutionProvider"])
 
     def _run(self, name: str, feeds: dict[str, np.ndarray | None]) -> dict[str, np.ndarray]:
-        """The graph's outputs by name; feeds it does not take (or None) are left out."""
-        session = self._session(name)
-        if name not in self._inputs:
-            # the exporter drops inputs a graph does not use (the mask of a [CLS]-pooling head)
-            self._inputs[name] = {i.name for i in session.get_inputs()}
-            self._outputs[name] = [o.name for o in session.get_outputs()]
+        """The graph's outputs by name; feeds it does not take (or None) are left out (the exporter
+        drops inputs a graph does not use, e.g. the mask of a [CLS]-pooling head)."""
         used = self._inputs[name]
-        values = session.run(None, {k: v for k, v in feeds.items() if k in used and v is not None})
+        values = self._sessions[name].run(None, {k: v for k, v in feeds.items() if k in used and v is not None})
         return dict(zip(self._outputs[name], values, strict=True))
 
     def _load_exit_rule(self):
