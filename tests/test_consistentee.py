@@ -68,6 +68,22 @@ def test_policies_trained_on_cached_states_exit_easy_examples_early_and_keep_har
     assert first[easy].min() > 0.5 and first[~easy].max() < 0.5
 
 
+def test_a_policy_fit_does_not_depend_on_what_ran_before_it():
+    states = LayerStates(torch.randn(2, 64, 8), torch.rand(64, 3), torch.randint(1, 4, (64,)))
+    cfg = ConsistentEEConfig(strategy="consistentee", name="rl", policy_epochs=2, batch_size=16)
+    untrained = PolicyRule(3, 8, policy_hidden=4).state_dict()
+
+    def fit(other_draws: int) -> dict:
+        torch.rand(other_draws)  # other work drawing from the global generator before this fit
+        rule = PolicyRule(3, 8, policy_hidden=4)
+        rule.load_state_dict(untrained)
+        fit_policies(rule, states, cfg, alpha=0.1, seed=3, desc="test")
+        return rule.state_dict()
+
+    first, second = fit(10), fit(5000)
+    assert all(torch.equal(first[k], second[k]) for k in first)
+
+
 def test_consistentee_trains_policies_that_exit_and_reloads(tiny_recipe, tmp_path):
     stage = {"strategy": "consistentee", "name": "rl", "init_epochs": 3, "rounds": 2, "policy_epochs": 2,
              "task_epochs": 1, "alpha": 0.2, "learning_rate": 1e-3, "exit_learning_rate": 5e-3,

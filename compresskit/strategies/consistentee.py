@@ -144,7 +144,10 @@ class LayerStates:
 
 def fit_policies(rule, states: LayerStates, cfg: ConsistentEEConfig, alpha: float, seed: int, desc: str
                  ) -> list[dict[str, float]]:
-    """Step 3: REINFORCE on the cached states for `cfg.policy_epochs`; the mean loss per epoch."""
+    """Step 3: REINFORCE on the cached states for `cfg.policy_epochs`; the mean loss per epoch.
+
+    Batches and rollouts draw from a generator seeded here, so a fit does not depend on what ran
+    before it (the alpha candidates are fitted one after another)."""
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam(rule.parameters(), lr=cfg.policy_learning_rate)
     n = states.layer_ce.shape[0]
@@ -156,7 +159,7 @@ def fit_policies(rule, states: LayerStates, cfg: ConsistentEEConfig, alpha: floa
         rows = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
         exit_prob = torch.stack([rule.exit_probability(i, s[rows]) for i, s in enumerate(states.summaries)], 1)
         loss = policy_gradient_loss(exit_prob, states.layer_ce[rows], states.memorized[rows], alpha, cfg.rollouts,
-                                    cfg.epsilon, cfg.reward == "hardness")
+                                    cfg.epsilon, cfg.reward == "hardness", generator)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -200,7 +203,8 @@ def memorized_layer(correct: torch.Tensor) -> torch.Tensor:
 
 
 def policy_gradient_loss(exit_prob: torch.Tensor, layer_ce: torch.Tensor, memorized: torch.Tensor, alpha: float,
-                         rollouts: int, epsilon: float, hardness: bool = True) -> torch.Tensor:
+                         rollouts: int, epsilon: float, hardness: bool = True,
+                         generator: torch.Generator | None = None) -> torch.Tensor:
     """REINFORCE over `rollouts` trajectories per example with their mean reward as the baseline.
 
     exit_prob: (N, L-1) P(exit) of the policies; layer_ce: (N, L) each classifier's loss (the
@@ -208,9 +212,13 @@ def policy_gradient_loss(exit_prob: torch.Tensor, layer_ce: torch.Tensor, memori
     """
     n, layers = layer_ce.shape
     p = exit_prob.unsqueeze(1).expand(n, rollouts, layers - 1)
-    sampled = torch.rand_like(p) < p.detach()
-    random = torch.rand_like(p) < 0.5
-    actions = torch.where(torch.rand_like(p) < epsilon, random, sampled)  # epsilon-greedy exploration
+
+    def uniform() -> torch.Tensor:
+        return torch.rand(p.shape, generator=generator, device=p.device)
+
+    sampled = uniform() < p.detach()
+    random = uniform() < 0.5
+    actions = torch.where(uniform() < epsilon, random, sampled)  # epsilon-greedy exploration
     forced = torch.ones(n, rollouts, 1, dtype=torch.bool, device=p.device)  # the last layer always exits
     exit_at = torch.cat([actions, forced], -1).float().argmax(-1)  # first exit, 0-based
     steps = torch.arange(layers - 1, device=p.device)
