@@ -42,7 +42,7 @@ from compresskit.training.early_exit import (
     all_exit_logits,
     choose_setting,
     layer_weighted_loss,
-    replay,
+    replayed_metrics,
     split_for_calibration,
     with_exit_heads,
 )
@@ -181,9 +181,7 @@ def _calibrate_alpha(model, states: LayerStates, heldout: datasets.Dataset, toke
     for alpha in cfg.alphas:
         model.exit_rule.load_state_dict(untrained)
         fit_policies(model.exit_rule, states, cfg, alpha, ctx.seed, desc=f"{ctx.name} policy alpha={alpha}")
-        exit_layer, preds = replay(model, logits, summaries)
-        table.append({"alpha": alpha, "accuracy": float((preds == labels).float().mean()),
-                      "avg_layers": float(exit_layer.float().mean())})
+        table.append({"alpha": alpha, **replayed_metrics(model, logits, summaries, labels)})
         weights[alpha] = copy.deepcopy(model.exit_rule.state_dict())
     chosen = choose_setting(table, full_accuracy, cfg.calibration, "alpha")
     model.exit_rule.load_state_dict(weights[chosen["alpha"]])

@@ -38,7 +38,7 @@ from compresskit.training.early_exit import (
     ExitHeadsConfig,
     all_exit_logits,
     calibrate,
-    replay,
+    replayed_metrics,
     split_for_calibration,
     with_exit_heads,
 )
@@ -186,9 +186,7 @@ def threshold_curve(model: CompressedModelForSequenceClassification, dataset: An
     rows = []
     for value in thresholds:
         model.exit_rule.threshold = value
-        exit_layer, preds = replay(model, logits, states)
-        rows.append({"threshold": value, "accuracy": float((preds == labels).float().mean()),
-                     "avg_layers": float(exit_layer.float().mean()),
+        rows.append({"threshold": value, **replayed_metrics(model, logits, states, labels),
                      "flops_per_example": flops_per_example(model, dataset, tokenizer, max_examples=flops_examples)})
     model.exit_rule.threshold = kept
     return rows

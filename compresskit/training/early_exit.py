@@ -116,6 +116,13 @@ def replay(model: CompressedModelForSequenceClassification, logits: torch.Tensor
     return exit_layer, preds
 
 
+def replayed_metrics(model: CompressedModelForSequenceClassification, logits: torch.Tensor, states: torch.Tensor,
+                     labels: torch.Tensor) -> dict[str, float]:
+    """Accuracy and average exit layer of the model's current exit rule, replayed (see `replay`)."""
+    exit_layer, preds = replay(model, logits, states)
+    return {"accuracy": float((preds == labels).float().mean()), "avg_layers": float(exit_layer.float().mean())}
+
+
 def calibrate(model: CompressedModelForSequenceClassification, heldout: datasets.Dataset, tokenizer,
               parameter: str, candidates: Sequence[float], cfg: CalibrationConfig) -> dict[str, Any]:
     """Set `model.exit_rule.<parameter>` (and its saved config) to the candidate `cfg` asks for."""
@@ -124,9 +131,7 @@ def calibrate(model: CompressedModelForSequenceClassification, heldout: datasets
     table = []
     for value in candidates:
         setattr(model.exit_rule, parameter, value)
-        exit_layer, preds = replay(model, logits, states)
-        table.append({parameter: value, "accuracy": float((preds == labels).float().mean()),
-                      "avg_layers": float(exit_layer.float().mean())})
+        table.append({parameter: value, **replayed_metrics(model, logits, states, labels)})
     chosen = choose_setting(table, full_accuracy, cfg, parameter)
     setattr(model.exit_rule, parameter, chosen[parameter])
     model.config.exit_rule = {**model.config.exit_rule, parameter: chosen[parameter]}
