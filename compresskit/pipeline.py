@@ -16,6 +16,7 @@ matches; changing a stage's settings reruns it and every stage after it.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -250,7 +251,10 @@ class Pipeline:
         # resumed run (earlier stages loaded, not trained) would initialise them differently
         set_seed(ctx.seed)
         started = time.perf_counter()
-        state = strategy.apply(state, ctx)
+        full_raw = state.raw
+        state = strategy.apply(self._train_subset(state, stage.max_train_samples), ctx)
+        if state.raw is not full_raw:  # later stages and evaluation see every row again
+            state = dataclasses.replace(state, raw=full_raw, _encoded={})
         seconds = time.perf_counter() - started
         evaluation = self.profile(state, [self.recipe.evaluation.split])
         meta = {"name": stage.name, "strategy": stage.strategy, "fingerprint": self.fingerprints[index],
@@ -267,6 +271,15 @@ class Pipeline:
         self.dist.wait_for_everyone()
         log.info("stage %r finished in %.1fs: %s", stage.name, seconds, evaluation[self.recipe.evaluation.split])
         return state
+
+    def _train_subset(self, state: PipelineState, rows: int | None) -> PipelineState:
+        """The state with its train split cut to `rows` (a stage's `max_train_samples`)."""
+        train = state.raw["train"]
+        if rows is None or rows >= len(train):
+            return state
+        raw = datasets.DatasetDict({**state.raw, "train": train.shuffle(seed=self.recipe.seed).select(range(rows))})
+        log.info("stage trains on %d of %d training rows (max_train_samples)", rows, len(train))
+        return dataclasses.replace(state, raw=raw, _encoded={})
 
     # ---- evaluation and report -------------------------------------------------------------
     def profile(self, state: PipelineState, splits: list[str], known: dict[str, Any] | None = None

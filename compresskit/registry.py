@@ -32,6 +32,9 @@ class StageConfig(BaseModel):
 
     strategy: str
     name: str | None = Field(None, description="stage name (default: the strategy name)")
+    max_train_samples: int | None = Field(
+        None, ge=1, description="train this stage on this many rows of the train split (the first rows of one "
+        "seeded shuffle, so smaller subsets are nested in larger ones); evaluation splits are untouched")
 
 
 class Strategy:

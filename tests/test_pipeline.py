@@ -8,6 +8,7 @@ import os
 import signal
 import time
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 import torch
@@ -68,6 +69,34 @@ def test_a_broken_recipe_is_rejected_before_any_stage_runs(tiny_recipe, tmp_path
     with pytest.raises(RecipeError, match=r"stages\[1\].epoch"):
         run(recipe, tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+class RowRecorder(FinetuneStrategy):
+    """A fine-tune that records the training texts it was given."""
+
+    name = "row_recorder"
+    seen: ClassVar[dict[str, list[str]]] = {}
+
+    def apply(self, state, ctx):
+        self.seen[ctx.name] = list(state.raw["train"]["text_a"])
+        return super().apply(state, ctx)
+
+
+def test_a_stage_can_train_on_a_subset_and_the_stages_after_it_see_every_row(tiny_recipe, tmp_path, monkeypatch):
+    strategies()
+    monkeypatch.setitem(registry._REGISTRY, RowRecorder.name, RowRecorder)
+    stage = {"strategy": "row_recorder", "epochs": 1, "learning_rate": 1e-3, "batch_size": 16}
+    recipe = tiny_recipe([{**stage, "name": "small", "max_train_samples": 20},
+                          {**stage, "name": "larger", "max_train_samples": 40},
+                          {**stage, "name": "all"}])
+    report = run(recipe, tmp_path / "run")
+    seen = RowRecorder.seen
+    assert len(seen["small"]) == 20 and len(seen["larger"]) == 40 and len(seen["all"]) > 40
+    assert seen["larger"][:20] == seen["small"]  # nested subsets: one shuffle, cut at different lengths
+    assert set(seen["larger"]) <= set(seen["all"])
+    # evaluation splits are never cut
+    evaluated = {s["name"]: s["evaluation"]["validation"]["examples"] for s in report["stages"]}
+    assert len(set(evaluated.values())) == 1
 
 
 class PausingFinetune(FinetuneStrategy):
