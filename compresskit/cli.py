@@ -84,8 +84,12 @@ def apply(recipe: str, output_dir: str | None, overrides: tuple[str, ...], num_p
 
     run_dir = Path(output_dir or Path("runs") / resolved.recipe.name)
     report = Pipeline(resolved, run_dir).run()
+    if os.environ.get("RANK", "0") != "0":
+        return  # one process reports
+    from compresskit.run_report import write_report
+
     click.echo(json.dumps(report["summary"], indent=2))
-    click.echo(f"report: {run_dir / 'report.json'}")
+    click.echo(f"report: {run_dir / 'report.json'} and {write_report(run_dir)} (tables and plots)")
 
 
 def _relaunch(num_processes: int) -> None:

@@ -81,11 +81,12 @@ def test_debug_shows_the_traceback(tmp_path):
     assert result.exit_code != 0 and result.exception is not None
 
 
-def test_apply_runs_a_recipe_and_prints_the_summary(tiny_recipe, tmp_path):
+def test_apply_runs_a_recipe_prints_the_summary_and_writes_the_report(tiny_recipe, tmp_path):
     result = invoke("apply", str(tiny_recipe()), "-o", str(tmp_path / "run"), "--set", "stages.again.epochs=1")
     assert result.exit_code == 0, result.output
     assert "flops_speedup" in result.output
     assert (tmp_path / "run" / "report.json").exists()
+    assert {"report.md", "pareto.png"} <= {p.name for p in (tmp_path / "run" / "report").iterdir()}
 
 
 def test_the_console_script_is_installed():
