@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from compresskit.modeling import CompressedModelForSequenceClassification
 from compresskit.modeling.dynamic import PolicyRule
 from compresskit.pipeline import Pipeline
 from compresskit.recipe import load_recipe
@@ -87,15 +88,20 @@ def test_a_policy_fit_does_not_depend_on_what_ran_before_it():
 def test_consistentee_trains_policies_that_exit_and_reloads(tiny_recipe, tmp_path):
     stage = {"strategy": "consistentee", "name": "rl", "init_epochs": 3, "rounds": 2, "policy_epochs": 2,
              "task_epochs": 1, "alpha": 0.2, "learning_rate": 1e-3, "exit_learning_rate": 5e-3,
-             "policy_learning_rate": 1e-2, "batch_size": 8}
+             "policy_learning_rate": 1e-2, "batch_size": 8, "exit_thresholds": [0.3, 0.5, 0.7]}
     report = Pipeline(load_recipe(tiny_recipe([TEACHER, stage])), tmp_path / "run").run()
     info = report["stages"][1]["info"]
     # memorized layers before each round's policy step and before the final one, on the rows not held out
     assert len(info["memorized_layer_counts"]) == 3
     assert sum(info["memorized_layer_counts"][0]) == 96 - info["calibration"]["examples"]
     table = info["calibration"]["table"]
-    assert [row["alpha"] for row in table] == ConsistentEEConfig.model_fields["alphas"].default
+    alphas = ConsistentEEConfig.model_fields["alphas"].default
+    assert [(row["alpha"], row["threshold"]) for row in table] == [(a, t) for a in alphas for t in (0.3, 0.5, 0.7)]
     assert info["calibration"]["chosen"]["accuracy"] >= info["calibration"]["full_accuracy"] - 0.01
     final = report["final"]["validation"]
     assert final["avg_layers"] < 4.0 and final["accuracy"] >= 0.8
     assert report["final"]["flops_per_example"] < report["baseline"]["flops_per_example"]
+    # the calibrated threshold is part of the saved exit rule
+    chosen = info["calibration"]["chosen"]["threshold"]
+    reloaded = CompressedModelForSequenceClassification.from_pretrained(tmp_path / "run" / "stages" / "01-rl" / "model")
+    assert reloaded.exit_rule.threshold == chosen and reloaded.config.exit_rule["threshold"] == chosen

@@ -12,13 +12,14 @@ for calibration:
   4. train backbone and exit heads with the policies frozen: only the classifier at the layer
      where the policy exits an example gets its loss;
   5. repeat 2-4 for `rounds`; then 2-3 once more, so the policies match the final backbone.
-Inference exits when P(exit) > 0.5.
+Inference exits when P(exit) > 0.5 (or the threshold of `exit_thresholds` the calibration picks).
 
 Step 3 runs on the layer states and losses computed once per round: with the backbone frozen
 they do not change, so the policies train for many epochs in seconds instead of one epoch of
 backbone passes (and without the dropout noise of a training-mode backbone). alpha is the
 method's accuracy/speed knob: the last policy step trains one set of policies per candidate in
-`alphas`, and the calibration keeps the one that fits the recipe's goal on the held-out rows.
+`alphas`, and the calibration keeps the one (with a P(exit) threshold from `exit_thresholds`) that
+fits the recipe's goal on the held-out rows.
 """
 
 from __future__ import annotations
@@ -64,6 +65,9 @@ class ConsistentEEConfig(StageConfig, ExitHeadsConfig):
                                 description="alpha candidates of the final policy step (one policy fit of a few "
                                 "seconds each), chosen by `calibration`; depth drops off a cliff within 0.01 of "
                                 "alpha, hence the fine grid")
+    exit_thresholds: list[float] = Field([0.5], min_length=1, description="P(exit) thresholds tried with each "
+                                         "alpha's policies in the calibration (the paper exits at P > 0.5; a "
+                                         "grid adds a finer knob than alpha, whose depth moves in steps)")
     reward: Literal["hardness", "vanilla"] = Field("hardness", description="hardness: alpha scaled by 1 - m/L")
     policy_hidden: int = Field(32, ge=1)
     learning_rate: float = Field(2e-5, gt=0, description="backbone")
@@ -181,10 +185,15 @@ def _calibrate_alpha(model, states: LayerStates, heldout: datasets.Dataset, toke
     for alpha in cfg.alphas:
         model.exit_rule.load_state_dict(untrained)
         fit_policies(model.exit_rule, states, cfg, alpha, ctx.seed, desc=f"{ctx.name} policy alpha={alpha}")
-        table.append({"alpha": alpha, **replayed_metrics(model, logits, summaries, labels)})
         weights[alpha] = copy.deepcopy(model.exit_rule.state_dict())
-    chosen = choose_setting(table, full_accuracy, cfg.calibration, "alpha")
+        for threshold in cfg.exit_thresholds:
+            model.exit_rule.threshold = threshold
+            table.append({"alpha": alpha, "threshold": threshold,
+                          **replayed_metrics(model, logits, summaries, labels)})
+    chosen = choose_setting(table, full_accuracy, cfg.calibration, "alpha and threshold")
     model.exit_rule.load_state_dict(weights[chosen["alpha"]])
+    model.exit_rule.threshold = chosen["threshold"]
+    model.config.exit_rule = {**model.config.exit_rule, "threshold": chosen["threshold"]}
     return {"parameter": "alpha", "chosen": chosen, "full_accuracy": full_accuracy, "table": table,
             "examples": int(labels.numel())}
 
