@@ -85,10 +85,10 @@ def test_the_runtime_runs_each_layer_only_on_the_rows_that_need_it(tokenizer, tm
 
 @pytest.mark.parametrize("shape", [dict(gates=True), dict(exits="policy"), dict(gates=True, exits="entropy")],
                          ids=["gated", "exits", "gated+exits"])
-def test_one_example_costs_one_graph_call_per_executed_layer_at_most_plus_skips(shape, tokenizer, tmp_path,
-                                                                                 monkeypatch):
-    # the exit head, the rule's score, the next gate and the classifier head ride in the layer's graph:
-    # a lone example makes the embedding call, one call per layer it runs, and one per layer it skips
+def test_one_example_costs_one_graph_call_per_executed_layer(shape, tokenizer, tmp_path, monkeypatch):
+    # the exit head, the rule's score, the later gates and the classifier head ride in the layer's graph:
+    # a lone example makes one call per layer it runs (+ the embeddings' when layer 0 has a gate); a
+    # layer it skips costs nothing, unless an exit follows it (the exit score of its unchanged state)
     model = model_of("bert", shape)
     export_model(model, tokenizer, tmp_path / "onnx")
     runtime = OnnxClassifier(tmp_path / "onnx")
@@ -96,18 +96,28 @@ def test_one_example_costs_one_graph_call_per_executed_layer_at_most_plus_skips(
     run = runtime._run
     monkeypatch.setattr(runtime, "_run", lambda name, feeds_: calls.append(name) or run(name, feeds_))
     batch = feeds(inputs(batch=6, seed=3), runtime)
+    seen_skips = 0
     for row in range(6):
         calls.clear()
         out = runtime.forward({k: v[row:row + 1] for k, v in batch.items()})
         reached = int(out.exit_layer[0])  # layers the example went through, run or skipped
-        assert calls[0] == "embed" and len(calls) == 1 + reached
-        assert sum(name.startswith("layer_") for name in calls) == int(out.layers_executed[0])
+        executed = int(out.layers_executed[0])
+        skipped_exits = sum(name.startswith("after_") for name in calls)
+        # the embeddings share layer 0's call unless a gate may skip layer 0
+        embed_calls = int("0" in model.gates)
+        assert calls.count("embed") == embed_calls and len(calls) == embed_calls + executed + skipped_exits
+        assert sum(name.startswith("layer_") for name in calls) == executed
+        if "exits" not in shape:
+            assert skipped_exits == 0
+        seen_skips += reached - executed
+    if "gates" in shape:
+        assert seen_skips > 0  # the test saw skipped layers
 
 
 def test_an_export_from_an_older_format_asks_to_export_again(tokenizer, tmp_path):
     export_model(model_of("bert", dict(gates=True)), tokenizer, tmp_path / "onnx")
     manifest = json.loads((tmp_path / "onnx" / "compresskit_export.json").read_text())
-    (tmp_path / "onnx" / "compresskit_export.json").write_text(json.dumps({**manifest, "format": 2}))
+    (tmp_path / "onnx" / "compresskit_export.json").write_text(json.dumps({**manifest, "format": 3}))
     with pytest.raises(CompressKitError, match="export the model again"):
         OnnxClassifier(tmp_path / "onnx")
 

@@ -3,7 +3,7 @@
 Static models (distilled, pruned, layer-pruned, fine-tuned) go through Optimum's exporter with
 :class:`CompressKitOnnxConfig` and Optimum's output validation. A dynamic model (gates, exits)
 decides per example which layers run; one graph cannot skip work for part of a batch, so each
-layer is its own graph (with the exit head, the rule's score and the next gate it feeds), and
+layer is its own graph (with the exit head, the rule's score and the gates it feeds), and
 :class:`compresskit.export.runtime.OnnxClassifier` routes sub-batches between them, exactly as
 the PyTorch model's routed inference does. The export directory is written whole or
 not at all (a temporary sibling, renamed at the end).
@@ -75,69 +75,118 @@ def _export_static(model: CompressedModelForSequenceClassification, work: Path, 
 
 # ---- dynamic models: one graph per layer -----------------------------------------------------
 # Each layer's graph also computes what follows the layer: the exit head's logits and the exit
-# rule's score, the next layer's gate, the classifier head after the last layer. One ONNX Runtime
-# call per layer and example is what keeps batch 1 close to the ideal speed-up. Rows whose gate
-# skips a layer get the same from the small `after_i` graph on their unchanged hidden states.
+# rule's score, the classifier head after the last layer, and for gated models the logits of
+# every later gate and of the head on the layer's output. A row that skips a layer keeps its
+# hidden state, so those stay valid until the next layer it runs: skipped layers cost no call,
+# and one ONNX Runtime call per executed layer is what keeps batch 1 close to the ideal speed-up.
+# Only an exit after a layer the row skipped needs the small `after_i` graph (exit score on the
+# unchanged states).
+def _gated(model) -> bool:
+    return len(model.gates) > 0
+
+
+def _later_gates(model, index: int) -> list[str]:
+    return [g for g in sorted(model.gates, key=int) if int(g) > index]
+
+
+def _gate_outputs(model, index: int) -> list[str]:
+    """What a gated model's graph after layer `index` (-1: the embeddings) adds for later skips."""
+    if not _gated(model):
+        return []
+    return (["later_gates"] if _later_gates(model, index) else []) + ["logits"]
+
+
+class _GatesAndHead(nn.Module):
+    """Every later gate's logits (batch, gates, 2) and the head's logits, on one hidden state."""
+
+    def __init__(self, model, index):
+        super().__init__()
+        self.model, self.later = model, _later_gates(model, index)
+
+    def forward(self, out, attention_mask):
+        outputs = []
+        if self.later:
+            outputs.append(torch.stack([self.model.gates[g](out, attention_mask) for g in self.later], 1))
+        return (*outputs, self.model.adapter.head(self.model.backbone, out))
+
+
 class _Embed(nn.Module):
     def __init__(self, model):
         super().__init__()
         self.model = model
+        self.gates_and_head = _GatesAndHead(model, -1) if _gated(model) else None
 
     def forward(self, input_ids, attention_mask, token_type_ids=None):
         hidden = self.model.adapter.embed(self.model.backbone, input_ids, token_type_ids)
-        outputs = {"hidden": hidden}
+        outputs = [hidden]
         bias = self.model.adapter.position_bias(self.model.backbone, hidden)
         if bias is not None:
-            outputs["position_bias"] = bias
-        if "0" in self.model.gates:
-            outputs["next_gate"] = self.model.gates["0"](hidden, attention_mask)
-        return tuple(outputs.values())
+            outputs.append(bias)
+        if self.gates_and_head is not None:
+            outputs += self.gates_and_head(hidden, attention_mask)
+        return tuple(outputs)
 
 
 def _embed_outputs(model) -> list[str]:
     mpnet = model.config.backbone["model_type"] == "mpnet"
-    return ["hidden"] + (["position_bias"] if mpnet else []) + (["next_gate"] if "0" in model.gates else [])
+    return ["hidden"] + (["position_bias"] if mpnet else []) + _gate_outputs(model, -1)
 
 
 def _has_exit(model, index: int) -> bool:
     return index < model.num_layers - 1 and str(index) in model.exit_heads and model.exit_rule is not None
 
 
-class _After(nn.Module):
-    """What follows layer `index` on its output: exit logits and rule score, the next gate, the head."""
+class _Exit(nn.Module):
+    """Exit head logits and the exit rule's score after layer `index` (the `after_i` graph alone)."""
 
     def __init__(self, model, index):
         super().__init__()
         self.model, self.index = model, index
 
     def forward(self, out, attention_mask):
-        outputs = []
-        if _has_exit(self.model, self.index):
-            summary = self.model.exit_summary(out, attention_mask)
-            logits = self.model.exit_heads[str(self.index)](summary)
-            outputs += [logits, self.model.exit_rule.score(self.index, logits, summary)]
-        if str(self.index + 1) in self.model.gates:
-            outputs.append(self.model.gates[str(self.index + 1)](out, attention_mask))
-        if self.index == self.model.num_layers - 1:
-            outputs.append(self.model.adapter.head(self.model.backbone, out))
-        return tuple(outputs)
+        summary = self.model.exit_summary(out, attention_mask)
+        logits = self.model.exit_heads[str(self.index)](summary)
+        return logits, self.model.exit_rule.score(self.index, logits, summary)
 
 
-def _after_outputs(model, index: int) -> list[str]:
-    return ((["exit_logits", "exit_score"] if _has_exit(model, index) else [])
-            + (["next_gate"] if str(index + 1) in model.gates else [])
-            + (["logits"] if index == model.num_layers - 1 else []))
+def _layer_outputs(model, index: int) -> list[str]:
+    last = index == model.num_layers - 1
+    return (["out"] + (["exit_logits", "exit_score"] if _has_exit(model, index) else [])
+            + (_gate_outputs(model, index) or (["logits"] if last else [])))
 
 
 class _Layer(nn.Module):
     def __init__(self, model, index):
         super().__init__()
-        self.layer, self.adapter, self.after = model.layers[index], model.adapter, _After(model, index)
+        self.layer, self.adapter, self.model = model.layers[index], model.adapter, model
+        self.exit = _Exit(model, index) if _has_exit(model, index) else None
+        self.gates_and_head = _GatesAndHead(model, index) if _gated(model) else None
+        self.last = index == model.num_layers - 1
 
     def forward(self, hidden, attention_mask, position_bias=None):
         additive = (1.0 - attention_mask[:, None, None, :].to(hidden.dtype)) * torch.finfo(hidden.dtype).min
         out = self.adapter.run_layer(self.layer, hidden, additive, position_bias, False)[0]
-        return (out, *self.after(out, attention_mask))
+        outputs = [out]
+        if self.exit is not None:
+            outputs += self.exit(out, attention_mask)
+        if self.gates_and_head is not None:
+            outputs += self.gates_and_head(out, attention_mask)
+        elif self.last:
+            outputs.append(self.adapter.head(self.model.backbone, out))
+        return tuple(outputs)
+
+
+class _EmbedAndFirstLayer(nn.Module):
+    """Embeddings and layer 0 in one graph, for models where every row runs layer 0 (no gate 0)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.embed, self.layer = _Embed(model), _Layer(model, 0)
+
+    def forward(self, input_ids, attention_mask, token_type_ids=None):
+        hidden, *bias = self.embed(input_ids, attention_mask, token_type_ids)
+        out, *rest = self.layer(hidden, attention_mask, *bias)
+        return (out, *bias, *rest)
 
 
 def _export_parts(model: CompressedModelForSequenceClassification, work: Path) -> dict[str, Any]:
@@ -163,21 +212,29 @@ def _export_parts(model: CompressedModelForSequenceClassification, work: Path) -
         graphs.append(file)
 
     typed = "token_type_ids" in names
+    token_args = (ids, mask, types) if typed else (ids, mask)
+    token_inputs = ["input_ids", "attention_mask"] + (["token_type_ids"] if typed else [])
+    # every row runs layer 0 unless a gate may skip it: then it shares the embeddings' call
+    fused = "0" not in model.gates
     with torch.no_grad():
-        save(_Embed(model), (ids, mask, types) if typed else (ids, mask), "embed.onnx",
-             ["input_ids", "attention_mask"] + (["token_type_ids"] if typed else []), _embed_outputs(model))
+        if fused:
+            outputs = _layer_outputs(model, 0)
+            save(_EmbedAndFirstLayer(model), token_args, "layer_0.onnx", token_inputs,
+                 outputs[:1] + (["position_bias"] if mpnet else []) + outputs[1:])
+        else:
+            save(_Embed(model), token_args, "embed.onnx", token_inputs, _embed_outputs(model))
         hidden = torch.randn(2, 7, hidden_size)
         bias = model.adapter.position_bias(model.backbone, hidden)
-        for i in range(model.num_layers):
+        for i in range(1 if fused else 0, model.num_layers):
             args = (hidden, mask) + ((bias,) if mpnet else ())
             inputs = ["hidden", "attention_mask"] + (["position_bias"] if mpnet else [])
-            save(_Layer(model, i), args, f"layer_{i}.onnx", inputs, ["out"] + _after_outputs(model, i))
-            if str(i) in model.gates and _after_outputs(model, i):  # for the rows whose gate skips layer i
-                save(_After(model, i), (hidden, mask), f"after_{i}.onnx", ["out", "attention_mask"],
-                     _after_outputs(model, i))
+            save(_Layer(model, i), args, f"layer_{i}.onnx", inputs, _layer_outputs(model, i))
+            if str(i) in model.gates and _has_exit(model, i):  # the exit of rows whose gate skips layer i
+                save(_Exit(model, i), (hidden, mask), f"after_{i}.onnx", ["out", "attention_mask"],
+                     ["exit_logits", "exit_score"])
     model.eval()
-    # format 3: layer graphs carry their exit head + rule score, the next gate and (last) the head
-    return {"format": 3, "kind": "dynamic", "inputs": names, "graphs": graphs, "num_layers": model.num_layers,
+    # format 4: layer graphs carry their exit head + rule score, every later gate and the head
+    return {"format": 4, "kind": "dynamic", "inputs": names, "graphs": graphs, "num_layers": model.num_layers,
             "gates": sorted(int(i) for i in model.gates),
             "exits": sorted(i for i in range(model.num_layers) if _has_exit(model, i)), "position_bias": mpnet}
 

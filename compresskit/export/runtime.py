@@ -44,7 +44,7 @@ class OnnxClassifier:
             manifest = json.loads(path.read_text())
         if quantized and not manifest.get("quantized"):
             raise CompressKitError(f"{self.directory} has no INT8 graphs; export with --quantize int8")
-        if manifest["kind"] == "dynamic" and manifest.get("format", 1) < 3:
+        if manifest["kind"] == "dynamic" and manifest.get("format", 1) < 4:
             raise CompressKitError(f"{self.directory} was exported by an older compresskit (format "
                                    f"{manifest.get('format', 1)}); export the model again with `compresskit export`")
         self.manifest = manifest
@@ -104,65 +104,79 @@ class OnnxClassifier:
         return self._routed(feeds, batch, layers)
 
     def _routed(self, feeds: dict[str, np.ndarray], batch: int, layers: int) -> RuntimeOutput:
-        embedded = self._run("embed", feeds)
+        gates, exits = self.manifest["gates"], set(self.manifest["exits"])
+        # without a gate before it, layer 0 shares the embeddings' graph (one call less per batch)
+        fused = "embed.onnx" not in self.manifest["graphs"]
+        embedded = {} if fused else self._run("embed", feeds)
         # the rows still running (original indices) and their states, compacted as rows exit: an
         # example that runs every layer until it exits is never copied or scattered
-        rows, hidden, mask = np.arange(batch), embedded["hidden"], feeds["attention_mask"]
-        bias, gate = embedded.get("position_bias"), embedded.get("next_gate")
-        gates, exits = set(self.manifest["gates"]), set(self.manifest["exits"])
+        rows, hidden, mask = np.arange(batch), embedded.get("hidden"), feeds["attention_mask"]
+        bias = embedded.get("position_bias")
+        # gated models: per running row, the logits of every later gate and of the head on its
+        # current state, from the last graph that changed it (a skipped layer leaves it as it was)
+        pending = np.zeros((batch, layers, 2), dtype=np.float32)
+        head = self._take_gates(pending, slice(None), embedded, -1) if gates and not fused else None
         logits = None
         executed = np.zeros(batch, dtype=np.float32)
         exit_layer = np.full(batch, layers)
         state = ({k: v.numpy() for k, v in self.exit_rule.init_state(batch, torch.device("cpu")).items()}
                  if self.exit_rule is not None else {})
         for i in range(layers):
-            opened = gate[:, 1] > gate[:, 0] if i in gates else None
+            opened = pending[:, i, 1] > pending[:, i, 0] if i in gates else None
             if opened is None or opened.all():
-                after = self._run(f"layer_{i}", {"hidden": hidden, "attention_mask": mask, "position_bias": bias})
+                after = self._run(f"layer_{i}", feeds if fused and i == 0 else
+                                  {"hidden": hidden, "attention_mask": mask, "position_bias": bias})
                 hidden = after.pop("out")
+                bias = after.pop("position_bias", bias)
                 executed[rows] += 1
-            elif not opened.any():  # every row skips layer i
-                after = self._after(i, hidden, mask)
+                if gates:
+                    head = self._take_gates(pending, slice(None), after, i)
             else:
-                hidden, after = self._partial_layer(i, hidden, mask, bias, opened)
+                hidden, after = self._partial_layer(i, hidden, mask, bias, opened, pending, head)
                 executed[rows[opened]] += 1
-            if i + 1 in gates:
-                gate = after["next_gate"]
             if i == layers - 1:
-                logits = _place(logits, rows, after["logits"], batch)
+                logits = _place(logits, rows, head if gates else after["logits"], batch)
             elif i in exits:
                 leave = self.exit_rule.decide(i, after["exit_score"], rows, state)
                 logits = _place(logits, rows[leave], after["exit_logits"][leave], batch)
                 exit_layer[rows[leave]] = i + 1
                 if leave.any():
                     keep = ~leave
-                    rows, hidden, mask = rows[keep], hidden[keep], mask[keep]
-                    gate = gate[keep] if i + 1 in gates else gate
+                    rows, hidden, mask, pending = rows[keep], hidden[keep], mask[keep], pending[keep]
+                    head = head[keep] if gates else None
                     if not rows.size:
                         break
         return RuntimeOutput(logits, executed, exit_layer)
 
-    def _after(self, i: int, hidden: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
-        """What layer i's graph computes after the layer, on the unchanged states of rows that skip it."""
-        if f"after_{i}.onnx" not in self.manifest["graphs"]:  # nothing follows (no exit, no next gate)
-            return {}
-        return self._run(f"after_{i}", {"out": hidden, "attention_mask": mask})
+    def _take_gates(self, pending: np.ndarray, which: np.ndarray | slice, out: dict[str, np.ndarray], index: int
+                    ) -> np.ndarray:
+        """Store the later gates' logits a graph after layer `index` computed for rows `which`; its head logits."""
+        later = [g for g in self.manifest["gates"] if g > index]
+        if later:
+            pending[(which, later) if isinstance(which, slice) else np.ix_(which, later)] = out["later_gates"]
+        return out["logits"]
 
     def _partial_layer(self, i: int, hidden: np.ndarray, mask: np.ndarray, bias: np.ndarray | None,
-                       opened: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """Layer i on the rows whose gate opened; what follows it (`after_i`) on the others too."""
+                       opened: np.ndarray, pending: np.ndarray, head: np.ndarray
+                       ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Layer i on the rows whose gate opened; the others keep their states, gates and head
+        logits, and need a graph only for an exit after layer i (`after_i`)."""
         run, skipped = np.flatnonzero(opened), np.flatnonzero(~opened)
         parts = []
         if run.size:
             out = self._run(f"layer_{i}", {"hidden": hidden[run], "attention_mask": mask[run], "position_bias": bias})
             hidden[run] = out.pop("out")
+            head[run] = self._take_gates(pending, run, out, i)
             parts.append((run, out))
-        parts.append((skipped, self._after(i, hidden[skipped], mask[skipped])))
+        if f"after_{i}.onnx" in self.manifest["graphs"]:
+            parts.append((skipped, self._run(f"after_{i}", {"out": hidden[skipped], "attention_mask": mask[skipped]})))
         merged = {}
-        for name, first in parts[0][1].items():
-            merged[name] = np.empty((len(opened), *first.shape[1:]), dtype=first.dtype)
-            for part_rows, out in parts:
-                merged[name][part_rows] = out[name]
+        for name in ("exit_logits", "exit_score"):
+            if any(name in out for _, out in parts):
+                first = next(out[name] for _, out in parts if name in out)
+                merged[name] = np.empty((len(opened), *first.shape[1:]), dtype=first.dtype)
+                for part_rows, out in parts:
+                    merged[name][part_rows] = out[name]
         return hidden, merged
 
     # ---- text in, predictions out ----------------------------------------------------------------
