@@ -17,9 +17,28 @@ from pathlib import Path
 from tqdm import tqdm
 
 from compresskit.data.loading import load_splits, resolve_task, tokenize
+from compresskit.errors import CompressKitError
 from compresskit.export import OnnxClassifier, export_model
 from compresskit.modeling.loading import load_model
 from compresskit.strategies.export import compare
+
+SOURCE = "exported_from.txt"  # beside the export: which model (and which save of it) it was made from
+
+
+def source_stamp(directory: Path) -> str:
+    weights = max(directory.glob("*.safetensors"), key=lambda p: p.stat().st_mtime, default=directory)
+    return f"{directory.resolve()} {weights.stat().st_mtime_ns}"
+
+
+def stale(target: Path, directory: Path) -> bool:
+    """Export again when the model was saved anew, or the export predates the current format."""
+    if not (target / SOURCE).exists() or (target / SOURCE).read_text() != source_stamp(directory):
+        return True
+    try:
+        OnnxClassifier(target)
+    except CompressKitError:
+        return True
+    return False
 
 
 def main() -> None:
@@ -41,8 +60,9 @@ def main() -> None:
     for name, directory in tqdm(pairs, desc="export + compare"):
         model, tokenizer = load_model(directory, task)
         target = args.exports / name
-        if not target.exists():
-            export_model(model, tokenizer, target, quantize="int8" if args.int8 else None)
+        if stale(target, Path(directory)):
+            export_model(model, tokenizer, target, quantize="int8" if args.int8 else None, overwrite=True)
+            (target / SOURCE).write_text(source_stamp(Path(directory)))
         data = tokenize(raw, tokenizer, args.max_length)[args.split]
         result = compare(model, OnnxClassifier(target), data, tokenizer)
         if args.int8:
