@@ -268,6 +268,14 @@ def _quantize(work: Path, manifest: dict[str, Any], scheme: str) -> dict[str, An
     from optimum.onnxruntime.configuration import AutoQuantizationConfig
 
     config = AutoQuantizationConfig.avx2(is_static=False, per_channel=False)
-    for graph in manifest["graphs"]:
-        ORTQuantizer.from_pretrained(work, file_name=graph).quantize(config, save_dir=work, file_suffix="quantized")
+    # onnxruntime's quantizer logs a line per tensor through the root logger: keep it to warnings
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.WARNING))
+    try:
+        for graph in manifest["graphs"]:
+            ORTQuantizer.from_pretrained(work, file_name=graph).quantize(config, save_dir=work,
+                                                                         file_suffix="quantized")
+    finally:
+        root.setLevel(level)
     return {"scheme": "int8 dynamic (ORTQuantizer, avx2)", "suffix": "_quantized"}
