@@ -56,12 +56,15 @@ def plot(runs: dict[str, dict], full: dict | None, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    series = {"HadSkip (5,000 rows, lr 2e-5)": [], "HadSkip (all rows, lr 5e-5)": [],
+    predkd = "HadSkip (prediction-only KD, straight to the budget, 3 epochs)"
+    series = {"HadSkip (5,000 rows, lr 2e-5)": [], "HadSkip (all rows, lr 5e-5)": [], predkd: [],
               "budgeted exit (first k, fine-tuned)": []}
     ablations = []
     for name, report in runs.items():
         point = (report["final"]["test"]["avg_layers"], report["final"]["test"]["accuracy"])
-        if name.startswith("hadskip-b") and name[len("hadskip-b"):].isdigit():
+        if name.startswith("hadskip-full-b") and name.endswith("-predkd-direct3"):
+            series[predkd].append(point)
+        elif name.startswith("hadskip-b") and name[len("hadskip-b"):].isdigit():
             series["HadSkip (5,000 rows, lr 2e-5)"].append(point)
         elif name.startswith("hadskip-full-b") and name[len("hadskip-full-b"):].isdigit():
             series["HadSkip (all rows, lr 5e-5)"].append(point)
