@@ -60,6 +60,11 @@ class OnnxClassifier:
         self._inputs = {name: {i.name for i in s.get_inputs()} for name, s in self._sessions.items()}
         self._outputs = {name: [o.name for o in s.get_outputs()] for name, s in self._sessions.items()}
         self.inputs: list[str] = manifest["inputs"]
+        # routing facts looked up at every layer of every batch, computed once
+        self._graphs = set(manifest["graphs"])
+        self._gates = set(manifest.get("gates", []))
+        self._later = {i: [g for g in manifest.get("gates", []) if g > i]
+                       for i in range(-1, manifest.get("num_layers", 0))}
         self.exit_rule = self._load_exit_rule() if manifest["kind"] == "dynamic" and manifest["exits"] else None
         self._tokenizer = None
 
@@ -104,9 +109,9 @@ class OnnxClassifier:
         return self._routed(feeds, batch, layers)
 
     def _routed(self, feeds: dict[str, np.ndarray], batch: int, layers: int) -> RuntimeOutput:
-        gates, exits = self.manifest["gates"], set(self.manifest["exits"])
+        gates, exits = self._gates, set(self.manifest["exits"])
         # without a gate before it, layer 0 shares the embeddings' graph (one call less per batch)
-        fused = "embed.onnx" not in self.manifest["graphs"]
+        fused = "embed.onnx" not in self._graphs
         embedded = {} if fused else self._run("embed", feeds)
         # the rows still running (original indices) and their states, compacted as rows exit: an
         # example that runs every layer until it exits is never copied or scattered
@@ -131,6 +136,9 @@ class OnnxClassifier:
                 executed[rows] += 1
                 if gates:
                     head = self._take_gates(pending, slice(None), after, i)
+            elif not opened.any():  # every row skips layer i: states, gates and head logits stay
+                after = (self._run(f"after_{i}", {"out": hidden, "attention_mask": mask})
+                         if f"after_{i}.onnx" in self._graphs else {})
             else:
                 hidden, after = self._partial_layer(i, hidden, mask, bias, opened, pending, head)
                 executed[rows[opened]] += 1
@@ -151,7 +159,7 @@ class OnnxClassifier:
     def _take_gates(self, pending: np.ndarray, which: np.ndarray | slice, out: dict[str, np.ndarray], index: int
                     ) -> np.ndarray:
         """Store the later gates' logits a graph after layer `index` computed for rows `which`; its head logits."""
-        later = [g for g in self.manifest["gates"] if g > index]
+        later = self._later[index]
         if later:
             pending[(which, later) if isinstance(which, slice) else np.ix_(which, later)] = out["later_gates"]
         return out["logits"]
@@ -168,7 +176,7 @@ class OnnxClassifier:
             hidden[run] = out.pop("out")
             head[run] = self._take_gates(pending, run, out, i)
             parts.append((run, out))
-        if f"after_{i}.onnx" in self.manifest["graphs"]:
+        if f"after_{i}.onnx" in self._graphs:
             parts.append((skipped, self._run(f"after_{i}", {"out": hidden[skipped], "attention_mask": mask[skipped]})))
         merged = {}
         for name in ("exit_logits", "exit_score"):
