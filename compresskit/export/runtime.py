@@ -1,12 +1,14 @@
 """ONNX Runtime inference for exported compresskit models, skipping work per example.
 
-A dynamic export is a set of graphs: the embeddings (+ the first gate), each layer (+ what
-follows it: exit logits and the exit rule's score, the next gate, the head after the last), and
-for gated layers an `after_i` graph that computes the same for rows that skip the layer. The
-runtime runs a layer only on the rows of the batch whose gate opened and that have not exited,
-just as the PyTorch model's routed inference does, so a skipped layer costs nothing at any batch
-size. The exit rule's decision half (`ExitRule.decide`: threshold, patience counters) runs here
-on the scores the graphs computed.
+A dynamic export (format 4) is a set of graphs: each layer with what follows it (exit logits
+and the exit rule's score; for gated models the logits of every later gate and of the head on
+the layer's output; the head after the last layer), the embeddings either in their own graph
+(when a gate guards layer 0) or in layer 0's, and `after_i` graphs for an exit after a gated
+layer (its score on the unchanged states of rows that skipped the layer). The runtime runs a
+layer only on the rows of the batch whose gate opened and that have not exited, just as the
+PyTorch model's routed inference does, so a skipped layer costs nothing at any batch size.
+The exit rule's decision half (`ExitRule.decide`: threshold, patience counters) runs here on
+the scores the graphs computed.
 """
 
 from __future__ import annotations
