@@ -30,15 +30,15 @@ def source_stamp(directory: Path) -> str:
     return f"{directory.resolve()} {weights.stat().st_mtime_ns}"
 
 
-def stale(target: Path, directory: Path) -> bool:
-    """Export again when the model was saved anew, or the export predates the current format."""
+def existing_export(target: Path, directory: Path) -> OnnxClassifier | None:
+    """The export of `directory` at `target`; None when the model was saved anew since, or the
+    export predates the current format (export again)."""
     if not (target / SOURCE).exists() or (target / SOURCE).read_text() != source_stamp(directory):
-        return True
+        return None
     try:
-        OnnxClassifier(target)
+        return OnnxClassifier(target)
     except CompressKitError:
-        return True
-    return False
+        return None
 
 
 def main() -> None:
@@ -60,11 +60,13 @@ def main() -> None:
     for name, directory in tqdm(pairs, desc="export + compare"):
         model, tokenizer = load_model(directory, task)
         target = args.exports / name
-        if stale(target, Path(directory)):
+        runtime = existing_export(target, Path(directory))
+        if runtime is None:
             export_model(model, tokenizer, target, quantize="int8" if args.int8 else None, overwrite=True)
             (target / SOURCE).write_text(source_stamp(Path(directory)))
+            runtime = OnnxClassifier(target)
         data = tokenize(raw, tokenizer, args.max_length)[args.split]
-        result = compare(model, OnnxClassifier(target), data, tokenizer)
+        result = compare(model, runtime, data, tokenizer)
         if args.int8:
             result["int8_accuracy"] = compare(model, OnnxClassifier(target, quantized=True), data,
                                               tokenizer)["onnx_accuracy"]

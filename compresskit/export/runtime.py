@@ -65,6 +65,7 @@ class OnnxClassifier:
         # routing facts looked up at every layer of every batch, computed once
         self._graphs = set(manifest["graphs"])
         self._gates = set(manifest.get("gates", []))
+        self._exits = set(manifest.get("exits", []))
         self._later = {i: [g for g in manifest.get("gates", []) if g > i]
                        for i in range(-1, manifest.get("num_layers", 0))}
         self.exit_rule = self._load_exit_rule() if manifest["kind"] == "dynamic" and manifest["exits"] else None
@@ -111,7 +112,7 @@ class OnnxClassifier:
         return self._routed(feeds, batch, layers)
 
     def _routed(self, feeds: dict[str, np.ndarray], batch: int, layers: int) -> RuntimeOutput:
-        gates, exits = self._gates, set(self.manifest["exits"])
+        gates, exits = self._gates, self._exits
         # without a gate before it, layer 0 shares the embeddings' graph (one call less per batch)
         fused = "embed.onnx" not in self._graphs
         embedded = {} if fused else self._run("embed", feeds)
@@ -171,22 +172,19 @@ class OnnxClassifier:
                        ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Layer i on the rows whose gate opened; the others keep their states, gates and head
         logits, and need a graph only for an exit after layer i (`after_i`)."""
-        run, skipped = np.flatnonzero(opened), np.flatnonzero(~opened)
-        parts = []
-        if run.size:
-            out = self._run(f"layer_{i}", {"hidden": hidden[run], "attention_mask": mask[run], "position_bias": bias})
-            hidden[run] = out.pop("out")
-            head[run] = self._take_gates(pending, run, out, i)
-            parts.append((run, out))
-        if f"after_{i}.onnx" in self._graphs:
-            parts.append((skipped, self._run(f"after_{i}", {"out": hidden[skipped], "attention_mask": mask[skipped]})))
+        run, skipped = np.flatnonzero(opened), np.flatnonzero(~opened)  # both non-empty here
+        out = self._run(f"layer_{i}", {"hidden": hidden[run], "attention_mask": mask[run], "position_bias": bias})
+        hidden[run] = out.pop("out")
+        head[run] = self._take_gates(pending, run, out, i)
+        if f"after_{i}.onnx" not in self._graphs:  # no exit after layer i: nothing to merge
+            return hidden, {}
+        parts = [(run, out), (skipped, self._run(f"after_{i}", {"out": hidden[skipped],
+                                                                "attention_mask": mask[skipped]}))]
         merged = {}
         for name in ("exit_logits", "exit_score"):
-            if any(name in out for _, out in parts):
-                first = next(out[name] for _, out in parts if name in out)
-                merged[name] = np.empty((len(opened), *first.shape[1:]), dtype=first.dtype)
-                for part_rows, out in parts:
-                    merged[name][part_rows] = out[name]
+            merged[name] = np.empty((len(opened), *out[name].shape[1:]), dtype=out[name].dtype)
+            for part_rows, values in parts:
+                merged[name][part_rows] = values[name]
         return hidden, merged
 
     # ---- text in, predictions out ----------------------------------------------------------------
