@@ -19,6 +19,7 @@ from tqdm import tqdm
 from compresskit.data.loading import load_splits, resolve_task, tokenize
 from compresskit.errors import CompressKitError
 from compresskit.export import OnnxClassifier, export_model
+from compresskit.export.onnx_export import DYNAMIC_FORMAT
 from compresskit.modeling.loading import load_model
 from compresskit.strategies.export import compare
 
@@ -36,9 +37,11 @@ def existing_export(target: Path, directory: Path) -> OnnxClassifier | None:
     if not (target / SOURCE).exists() or (target / SOURCE).read_text() != source_stamp(directory):
         return None
     try:
-        return OnnxClassifier(target)
+        runtime = OnnxClassifier(target)
     except CompressKitError:
         return None
+    old = runtime.manifest["kind"] == "dynamic" and runtime.manifest["format"] < DYNAMIC_FORMAT
+    return None if old else runtime
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue-7 results (docs/benchmarks.md, "HadSkip"): HadSkip at budgets 2, 3, 4 on the fine-tuned
 # MiniLM-L6, the budgeted-exit baselines at the same depths, the ablations at budget 3, latency.
-# Usage: bash benchmarks/hadskip.sh [teacher|main|full|baselines|ablations|latency|table] ...
+# Usage: bash benchmarks/hadskip.sh [teacher|main|full|predkd|baselines|ablations|predkd_ablations|latency|table] ...
 # (default: all but `full`, in order; HADSKIP_BUDGETS="2 3 4" for `full` at every budget)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,6 +31,15 @@ baselines() {
       --set "model=$finetuned" --set "stages.first_k.k=$k"
   done
 }
+# `predkd`: the best settings found (docs/benchmarks.md): `full`, but prediction-only distillation,
+# straight to the budget (no homotopy), 3 epochs there
+predkd_settings=("${full_settings[@]}" --set stages.skip.homotopic=false --set stages.skip.epochs_per_budget=3
+                 --set stages.skip.alpha_hidden=0 --set stages.skip.alpha_attention=0 --set stages.skip.alpha_embedding=0)
+predkd() {
+  for s in ${HADSKIP_BUDGETS:-2 3 4}; do
+    compresskit apply "$hadskip" -o "runs/hadskip-full-b$s-predkd-direct3" "${predkd_settings[@]}" --set "stages.skip.budget=$s"
+  done
+}
 ablations() {  # at budget 3 on the `full` settings, against runs/hadskip-full-b3; ABLATIONS picks and orders
   declare -A switch=([no-kd]=stages.skip.distill=false [no-homotopy]=stages.skip.homotopic=false
                      [no-stage2]=stages.skip.gate_epochs=0 [ste]=stages.skip.estimator=ste)
@@ -38,8 +47,15 @@ ablations() {  # at budget 3 on the `full` settings, against runs/hadskip-full-b
     compresskit apply "$hadskip" -o "runs/hadskip-full-b3-$a" "${full_settings[@]}" --set "${switch[$a]}"
   done
 }
-latency() {  # every finished HadSkip model of the main and full runs
-  for run in runs/hadskip-b[234] runs/hadskip-full-b[234] runs/hadskip-full-b3-*; do
+predkd_ablations() {  # the same switches on the `predkd` settings at budget 3, against runs/hadskip-full-b3-predkd-direct3
+  declare -A switch=([no-kd]=stages.skip.distill=false [no-stage2]=stages.skip.gate_epochs=0
+                     [ste]=stages.skip.estimator=ste)
+  for a in ${ABLATIONS:-no-kd no-stage2 ste}; do
+    compresskit apply "$hadskip" -o "runs/hadskip-predkd-b3-$a" "${predkd_settings[@]}" --set "${switch[$a]}"
+  done
+}
+latency() {  # every finished HadSkip model (main, full, predkd, ablations)
+  for run in runs/hadskip-b[234] runs/hadskip-full-b* runs/hadskip-predkd-b3-*; do
     [ -d "$run/stages/00-skip/model" ] || continue
     python benchmarks/dynamic_latency.py "$run/stages/00-skip/model" --batch-sizes 1,32 --output "$run/latency.json"
   done

@@ -59,6 +59,13 @@ def test_export_agrees_with_pytorch_and_skips_the_same_layers(backbone, shape, t
     np.testing.assert_array_equal(got.layers_executed, expected.layers_executed.numpy())
     if model.is_dynamic:
         assert len(set(got.layers_executed.tolist())) > 1  # examples really took different paths
+        # one at a time: the one-call graph, the same logits and the same route
+        for row in range(12):
+            length = int(batch["attention_mask"][row].sum())
+            alone = runtime.forward({k: v[row:row + 1, :length] for k, v in feeds(batch, runtime).items()})
+            np.testing.assert_allclose(alone.logits[0], expected.logits[row].numpy(), atol=1e-4, rtol=0)
+            assert alone.layers_executed[0] == expected.layers_executed[row]
+            assert alone.exit_layer[0] == expected.exit_layer[row]
 
 
 def test_the_runtime_runs_each_layer_only_on_the_rows_that_need_it(tokenizer, tmp_path, monkeypatch):
@@ -83,15 +90,53 @@ def test_the_runtime_runs_each_layer_only_on_the_rows_that_need_it(tokenizer, tm
     assert out.layers_executed.sum() < 12 * model.num_layers
 
 
+ONE_CALL_SHAPES = [dict(gates=True), dict(exits="patience"), dict(gates=True, exits="patience_confidence")]
+
+
+@pytest.mark.parametrize("shape", ONE_CALL_SHAPES, ids=["gated", "exits", "gated+exits"])
+def test_one_example_is_one_call_that_runs_only_its_layers(shape, tokenizer, tmp_path, monkeypatch):
+    # the one-call graph routes inside ONNX Runtime (If per gate and exit): ORT's profile of one
+    # example lists kernels of exactly the layers PyTorch ran for it, the others cost nothing
+    import onnxruntime as ort
+
+    model = model_of("bert", shape)
+    export_model(model, tokenizer, tmp_path / "onnx")
+    runtime = OnnxClassifier(tmp_path / "onnx")
+    calls: list[str] = []
+    run = runtime._run
+    monkeypatch.setattr(runtime, "_run", lambda name, feeds_: calls.append(name) or run(name, feeds_))
+    batch = inputs(batch=6, seed=3)
+    with torch.no_grad():
+        expected = model(**batch)
+    options = ort.SessionOptions()
+    options.enable_profiling, options.profile_file_prefix = True, str(tmp_path / "profile")
+    seen_skips = 0
+    for row in range(6):
+        alone = {k: v[row:row + 1].numpy() for k, v in batch.items() if k in runtime.inputs}
+        calls.clear()
+        assert runtime.forward(alone).layers_executed[0] == expected.layers_executed[row]
+        assert calls == ["one_call"]
+        session = ort.InferenceSession(str(tmp_path / "onnx" / "one_call.onnx"), options,
+                                       providers=["CPUExecutionProvider"])
+        session.run(None, {"token_type_ids": np.zeros_like(alone["input_ids"]), **alone})
+        events = json.loads(open(session.end_profiling()).read())
+        kernels = [e["name"] for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
+        ran = {i for i in range(model.num_layers) if any(name.startswith(f"layer_{i}/") for name in kernels)}
+        assert ran == {i for i in range(model.num_layers) if expected.layer_mask[row, i]}
+        seen_skips += model.num_layers - len(ran)
+    assert seen_skips > 0  # the test saw skipped layers
+
+
 @pytest.mark.parametrize("shape", [dict(gates=True), dict(exits="policy"), dict(gates=True, exits="entropy")],
                          ids=["gated", "exits", "gated+exits"])
-def test_one_example_costs_one_graph_call_per_executed_layer(shape, tokenizer, tmp_path, monkeypatch):
-    # the exit head, the rule's score, the later gates and the classifier head ride in the layer's graph:
+def test_per_layer_graphs_cost_one_call_per_executed_layer(shape, tokenizer, tmp_path, monkeypatch):
+    # batches (and exports without the one-call graph) go through the per-layer graphs. The exit
+    # head, the rule's score, the later gates and the classifier head ride in the layer's graph:
     # a lone example makes one call per layer it runs (+ the embeddings' when layer 0 has a gate); a
     # layer it skips costs nothing, unless an exit follows it (the exit score of its unchanged state)
     model = model_of("bert", shape)
     export_model(model, tokenizer, tmp_path / "onnx")
-    runtime = OnnxClassifier(tmp_path / "onnx")
+    runtime = OnnxClassifier(tmp_path / "onnx", one_call=False)
     calls: list[str] = []
     run = runtime._run
     monkeypatch.setattr(runtime, "_run", lambda name, feeds_: calls.append(name) or run(name, feeds_))
@@ -120,6 +165,34 @@ def test_an_export_from_an_older_format_asks_to_export_again(tokenizer, tmp_path
     (tmp_path / "onnx" / "compresskit_export.json").write_text(json.dumps({**manifest, "format": 3}))
     with pytest.raises(CompressKitError, match="export the model again"):
         OnnxClassifier(tmp_path / "onnx")
+
+
+def test_an_export_without_the_one_call_graph_still_runs_one_example(tokenizer, tmp_path):
+    model = model_of("bert", dict(gates=True))
+    export_model(model, tokenizer, tmp_path / "onnx")
+    manifest = json.loads((tmp_path / "onnx" / "compresskit_export.json").read_text())
+    del manifest["one_call"]  # as format 4 wrote it
+    (tmp_path / "onnx" / "compresskit_export.json").write_text(json.dumps({**manifest, "format": 4}))
+    runtime = OnnxClassifier(tmp_path / "onnx")
+    batch = inputs(batch=1, seed=3)
+    with torch.no_grad():
+        expected = model(**batch)
+    got = runtime.forward(feeds(batch, runtime))
+    np.testing.assert_allclose(got.logits, expected.logits.numpy(), atol=1e-4, rtol=0)
+
+
+def test_a_threshold_changed_after_export_is_honoured_one_example_at_a_time(tokenizer, tmp_path, caplog):
+    # the one-call graph holds the knob as exported; config.json's new one must win
+    model = model_of("bert", dict(exits="entropy"))
+    export_model(model, tokenizer, tmp_path / "onnx")
+    config = json.loads((tmp_path / "onnx" / "config.json").read_text())
+    config["exit_rule"]["threshold"] = 0.0  # no example is that sure: every one runs to the end
+    (tmp_path / "onnx" / "config.json").write_text(json.dumps(config))
+    runtime = OnnxClassifier(tmp_path / "onnx")
+    assert "exit rule in config.json changed" in caplog.text
+    batch = feeds(inputs(batch=4, seed=3), runtime)
+    for row in range(4):
+        assert runtime.forward({k: v[row:row + 1] for k, v in batch.items()}).exit_layer[0] == model.num_layers
 
 
 def test_a_batch_predicts_what_one_example_at_a_time_does(tokenizer, tmp_path):

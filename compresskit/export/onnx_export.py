@@ -23,12 +23,16 @@ import torch
 from torch import nn
 
 from compresskit.errors import CompressKitError
+from compresskit.export.one_call import export_one_call
 from compresskit.export.onnx_config import ONNX_OPSET, CompressKitOnnxConfig, input_names
 from compresskit.modeling.model import CompressedModelForSequenceClassification
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "compresskit_export.json"
+# dynamic exports: 4 = layer graphs carry their exit head + rule score, every later gate and the
+# head; 5 adds the one-call graph for batch 1 (the runtime still reads 4)
+DYNAMIC_FORMAT = 5
 ATOL = 1e-4
 
 
@@ -232,9 +236,10 @@ def _export_parts(model: CompressedModelForSequenceClassification, work: Path) -
             if str(i) in model.gates and _has_exit(model, i):  # the exit of rows whose gate skips layer i
                 save(_Exit(model, i), (hidden, mask), f"after_{i}.onnx", ["out", "attention_mask"],
                      ["exit_logits", "exit_score"])
+        graphs.append(export_one_call(model, work, names))  # the whole model in one call, for batch 1
     model.eval()
-    # format 4: layer graphs carry their exit head + rule score, every later gate and the head
-    return {"format": 4, "kind": "dynamic", "inputs": names, "graphs": graphs, "num_layers": model.num_layers,
+    return {"format": DYNAMIC_FORMAT, "kind": "dynamic", "inputs": names, "graphs": graphs,
+            "num_layers": model.num_layers, "one_call": graphs[-1], "one_call_exit_rule": model.config.exit_rule,
             "gates": sorted(int(i) for i in model.gates),
             "exits": sorted(i for i in range(model.num_layers) if _has_exit(model, i)), "position_bias": mpnet}
 
@@ -254,6 +259,12 @@ def _validate(model: CompressedModelForSequenceClassification, tokenizer: Any, w
     got = runtime.forward({k: v.numpy() for k, v in inputs.items()})
     diff = float(np.abs(got.logits - expected.logits.numpy()).max())
     same_routes = bool(np.array_equal(got.layers_executed, expected.layers_executed.numpy()))
+    if manifest.get("one_call"):  # one example at a time through the one-call graph
+        for row in range(len(texts)):
+            length = int(inputs["attention_mask"][row].sum())
+            alone = runtime.forward({k: v[row:row + 1, :length].numpy() for k, v in inputs.items()})
+            diff = max(diff, float(np.abs(alone.logits[0] - expected.logits[row].numpy()).max()))
+            same_routes &= bool(alone.layers_executed[0] == expected.layers_executed[row])
     if diff > atol or not same_routes:
         raise CompressKitError(f"export: ONNX and PyTorch disagree (max |logit diff| {diff:.2e}, tolerance "
                                f"{atol:g}; same layers executed: {same_routes})")

@@ -1,6 +1,6 @@
 """ONNX Runtime inference for exported compresskit models, skipping work per example.
 
-A dynamic export (format 4) is a set of graphs: each layer with what follows it (exit logits
+A dynamic export (format 4 and 5) is a set of graphs: each layer with what follows it (exit logits
 and the exit rule's score; for gated models the logits of every later gate and of the head on
 the layer's output; the head after the last layer), the embeddings either in their own graph
 (when a gate guards layer 0) or in layer 0's, and `after_i` graphs for an exit after a gated
@@ -8,12 +8,14 @@ layer (its score on the unchanged states of rows that skipped the layer). The ru
 layer only on the rows of the batch whose gate opened and that have not exited, just as the
 PyTorch model's routed inference does, so a skipped layer costs nothing at any batch size.
 The exit rule's decision half (`ExitRule.decide`: threshold, patience counters) runs here on
-the scores the graphs computed.
+the scores the graphs computed. A lone example (batch 1) goes through the one-call graph
+(format 5, `one_call.py`) instead: the same routing inside one ONNX graph, one call in all.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,8 @@ import onnxruntime as ort
 import torch
 
 from compresskit.errors import CompressKitError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -36,7 +40,7 @@ class OnnxClassifier:
     """An exported compresskit model: `forward(encodings)` on numpy arrays, `predict(texts)` on text."""
 
     def __init__(self, directory: str | Path, manifest: dict[str, Any] | None = None, quantized: bool = False,
-                 threads: int | None = None):
+                 threads: int | None = None, one_call: bool = True):
         self.directory = Path(directory)
         if manifest is None:
             path = self.directory / "compresskit_export.json"
@@ -69,6 +73,14 @@ class OnnxClassifier:
         self._later = {i: [g for g in manifest.get("gates", []) if g > i]
                        for i in range(-1, manifest.get("num_layers", 0))}
         self.exit_rule = self._load_exit_rule() if manifest["kind"] == "dynamic" and manifest["exits"] else None
+        # exports before format 5 have no one-call graph: batch 1 then goes through the per-layer graphs
+        self._one_call = manifest.get("one_call", "").removesuffix(".onnx") if one_call else ""
+        if self._one_call and self.exit_rule is not None and manifest["one_call_exit_rule"] != self._exit_rule_spec:
+            # the one-call graph holds the rule's knob as exported; the per-layer path reads config.json
+            log.warning("%s: the exit rule in config.json changed since the export; one example at a time "
+                        "now goes through the per-layer graphs (export again for the one-call graph)",
+                        self.directory)
+            self._one_call = ""
         self._tokenizer = None
 
     @classmethod
@@ -93,6 +105,7 @@ class OnnxClassifier:
         from compresskit.modeling.dynamic import build_exit_rule
 
         config = CompressedConfig.from_pretrained(self.directory)
+        self._exit_rule_spec = config.exit_rule
         return build_exit_rule(config.exit_rule, len(config.layers), config.backbone["hidden_size"]).eval()
 
     # ---- inference -------------------------------------------------------------------------
@@ -109,6 +122,9 @@ class OnnxClassifier:
             logits = self._run("model", feeds)["logits"]
             full = np.full(batch, layers)
             return RuntimeOutput(logits, full.astype(np.float32), full)
+        if batch == 1 and self._one_call:  # a lone example: one call, the routing inside the graph
+            out = self._run(self._one_call, feeds)
+            return RuntimeOutput(out["logits"], out["layers_executed"], out["exit_layer"])
         return self._routed(feeds, batch, layers)
 
     def _routed(self, feeds: dict[str, np.ndarray], batch: int, layers: int) -> RuntimeOutput:
