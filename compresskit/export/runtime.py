@@ -37,7 +37,10 @@ class RuntimeOutput:
 
 
 class OnnxClassifier:
-    """An exported compresskit model: `forward(encodings)` on numpy arrays, `predict(texts)` on text."""
+    """An exported compresskit model: `forward(encodings)` on numpy arrays, `predict(texts)` on text.
+
+    `one_call=False` sends lone examples through the per-layer graphs too (to compare the two paths).
+    """
 
     def __init__(self, directory: str | Path, manifest: dict[str, Any] | None = None, quantized: bool = False,
                  threads: int | None = None, one_call: bool = True):
