@@ -45,16 +45,22 @@ class ExportStrategy(Strategy):
                                 split: compare(state.model, OnnxClassifier(target), state.data[split], state.tokenizer)}
         if cfg.quantize:
             info[f"{split}_int8"] = compare(state.model, OnnxClassifier(target, quantized=True), state.data[split],
-                                            state.tokenizer)
+                                            state.tokenizer, one_at_a_time=False)
         state.info = info
         return state
 
 
 @torch.no_grad()
-def compare(model: torch.nn.Module, runtime: OnnxClassifier, dataset: Any, tokenizer: Any) -> dict[str, float]:
-    """ONNX Runtime vs PyTorch on a split: largest logit difference, prediction agreement, accuracies."""
+def compare(model: torch.nn.Module, runtime: OnnxClassifier, dataset: Any, tokenizer: Any,
+            one_at_a_time: bool = True) -> dict[str, Any]:
+    """ONNX Runtime vs PyTorch on a split: largest logit difference, prediction agreement, accuracies.
+
+    A dynamic export is also run one example at a time (its batch-1 path, the one-call graph):
+    `one_at_a_time` holds the same comparison for that path."""
     model.eval()
     diff, agree, onnx_right, torch_right, total = 0.0, 0, 0, 0, 0
+    alone_diff, alone_agree = 0.0, 0
+    alone = one_at_a_time and runtime.manifest["kind"] == "dynamic"
     for batch in loader(dataset, tokenizer, 64):
         inputs = {k: v for k, v in batch.items() if k in MODEL_INPUTS}
         expected = model(**inputs).logits.numpy()
@@ -67,5 +73,14 @@ def compare(model: torch.nn.Module, runtime: OnnxClassifier, dataset: Any, token
         onnx_right += int((got.argmax(1) == labels).sum())
         torch_right += int((expected.argmax(1) == labels).sum())
         total += len(labels)
-    return {"max_abs_diff": diff, "prediction_agreement": agree / total, "onnx_accuracy": onnx_right / total,
-            "pytorch_accuracy": torch_right / total, "examples": total}
+        for row in range(len(labels)) if alone else ():
+            length = int(inputs["attention_mask"][row].sum())
+            single = runtime.forward({k: v[row:row + 1, :length].numpy() for k, v in inputs.items()}).logits[0]
+            alone_diff = max(alone_diff, float(np.abs(single - expected[row]).max()))
+            alone_agree += int(single.argmax() == expected[row].argmax())
+    result: dict[str, Any] = {"max_abs_diff": diff, "prediction_agreement": agree / total,
+                              "onnx_accuracy": onnx_right / total, "pytorch_accuracy": torch_right / total,
+                              "examples": total}
+    if alone:
+        result["one_at_a_time"] = {"max_abs_diff": alone_diff, "prediction_agreement": alone_agree / total}
+    return result
