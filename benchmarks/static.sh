@@ -2,7 +2,7 @@
 # Issue-4 results (docs/benchmarks.md, "Static compression"): TinyBERT MPNet-12 -> MiniLM-L6,
 # structured pruning 50/50 + recovery (with latency), greedy layer pruning 6 -> 4 against dropping
 # the top 2 layers, the COST-EFF accuracy-vs-FLOPs curve.
-# Usage: bash benchmarks/static.sh [tinybert|prune|layers|costeff|latency|table] ...  (default: all)
+# Usage: bash benchmarks/static.sh [tinybert|tinybert_mpnet6|prune|layers|costeff|latency|table] ...  (default: all but tinybert_mpnet6)
 # All but `tinybert` start from the fine-tuned MiniLM-L6 of `bash benchmarks/hadskip.sh teacher`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,6 +11,10 @@ recipes=benchmarks/recipes/static
 
 tinybert() {  # the student's fine-tuned-without-teacher counterpart is $finetuned
   compresskit apply "$recipes/tinybert.yaml" -o runs/static-tinybert
+}
+tinybert_mpnet6() {  # a student of the teacher's own layers (every other one), from the teacher above
+  compresskit apply "$recipes/tinybert_mpnet6.yaml" -o runs/static-tinybert-mpnet6 \
+    --set model=runs/static-tinybert/stages/00-teacher/model
 }
 prune() {
   compresskit apply "$recipes/structured_prune.yaml" -o runs/static-prune --set "model=$finetuned"
