@@ -27,54 +27,10 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 from compresskit.export.onnx_config import ONNX_OPSET
+from compresskit.export.pieces import Embeddings, ExitHead, GateLogits, Head, LayerStep
 
 FILE = "one_call.onnx"
 _TOKEN_AXES = ("input_ids", "attention_mask", "token_type_ids", "hidden")  # (batch, sequence, ...) inputs
-
-
-class _Embed(nn.Module):
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, input_ids, attention_mask, token_type_ids=None):
-        hidden = self.model.adapter.embed(self.model.backbone, input_ids, token_type_ids)
-        bias = self.model.adapter.position_bias(self.model.backbone, hidden)
-        return (hidden,) if bias is None else (hidden, bias)
-
-
-class _Step(nn.Module):
-    """One transformer layer alone."""
-
-    def __init__(self, model, index):
-        super().__init__()
-        self.model, self.layer = model, model.layers[index]
-
-    def forward(self, hidden, attention_mask, position_bias=None):
-        additive = (1.0 - attention_mask[:, None, None, :].to(hidden.dtype)) * torch.finfo(hidden.dtype).min
-        return self.model.adapter.run_layer(self.layer, hidden, additive, position_bias, False)[0]
-
-
-class _Gate(nn.Module):
-    def __init__(self, model, index):
-        super().__init__()
-        self.gate = model.gates[str(index)]
-
-    def forward(self, hidden, attention_mask):
-        return self.gate(hidden, attention_mask)
-
-
-class _ExitHead(nn.Module):
-    """Exit logits and the rule's score after layer `index`."""
-
-    def __init__(self, model, index):
-        super().__init__()
-        self.model, self.index = model, index
-
-    def forward(self, hidden, attention_mask):
-        summary = self.model.exit_summary(hidden, attention_mask)
-        logits = self.model.exit_heads[str(self.index)](summary)
-        return logits, self.model.exit_rule.score(self.index, logits, summary)
 
 
 class _Decide(nn.Module):
@@ -89,15 +45,6 @@ class _Decide(nn.Module):
         values = {name: value.clone() for name, value in zip(self.state_names, state, strict=True)}
         leave = self.rule.decide(self.index, score, torch.zeros(1, dtype=torch.long), values)
         return (leave, *(values[name] for name in self.state_names))
-
-
-class _Head(nn.Module):
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, hidden):
-        return self.model.adapter.head(self.model.backbone, hidden)
 
 
 def export_one_call(model, work: Path, input_names: list[str]) -> str:
@@ -177,7 +124,7 @@ class _Stitcher:
         ids = torch.randint(5, model.config.backbone["vocab_size"], (1, 5))
         args = (ids, self.sample_mask) + ((torch.zeros_like(ids),) if "token_type_ids" in self.input_names else ())
         embed_out = {"hidden": "embedded"} | ({"position_bias": "position_bias"} if self.mpnet else {})
-        self.nodes = self.piece(_Embed(model), args, "embed/", {n: n for n in self.input_names}, embed_out)
+        self.nodes = self.piece(Embeddings(model), args, "embed/", {n: n for n in self.input_names}, embed_out)
         state = {name: self.constant(f"state_init/{name}", value.numpy())
                  for name, value in self.rule.init_state(1, torch.device("cpu")).items()} if self.rule else {}
         hidden, executed = "embedded", self.constant("no_layers", np.zeros(1, dtype=np.float32))
@@ -196,7 +143,7 @@ class _Stitcher:
                 stays = self.add("Not", [leave], f"exit_{i}/stays")
                 running = stays if running is None else self.add("And", [running, stays], f"exit_{i}/running")
                 logits, exit_layer = f"exit_{i}/result", f"exit_{i}/exit_layer"
-        head = self.piece(_Head(model), (self.sample_hidden,), "head/", {"hidden": hidden}, {"logits": "head/logits"})
+        head = self.piece(Head(model), (self.sample_hidden,), "head/", {"hidden": hidden}, {"logits": "head/logits"})
         self.nodes += self.branch(running, "head", head, ["head/logits"], [logits])
         self.nodes += [helper.make_node("Identity", ["head"], ["logits"]),
                        helper.make_node("Identity", [executed], ["layers_executed"]),
@@ -239,7 +186,7 @@ class _Stitcher:
         if str(i) in model.gates:
             opens = self.gate(i, hidden)
             runs = opens if running is None else self.add("And", [opens, running], f"gate_{i}/runs")
-        step = self.piece(_Step(model, i), args, f"layer_{i}/", feeds, {"out": f"layer_{i}/out"})
+        step = self.piece(LayerStep(model, i), args, f"layer_{i}/", feeds, {"out": f"layer_{i}/out"})
         self.nodes += self.branch(runs, f"h{i}", step, [f"layer_{i}/out"], [hidden])
         if runs is None:
             count = self.constant("one", np.ones(1, dtype=np.float32))
@@ -249,7 +196,7 @@ class _Stitcher:
 
     def gate(self, i: int, hidden: str) -> str:
         """Whether gate i opens on `hidden`, a (1,) bool."""
-        self.nodes += self.piece(_Gate(self.model, i), (self.sample_hidden, self.sample_mask), f"gate_{i}/",
+        self.nodes += self.piece(GateLogits(self.model, i), (self.sample_hidden, self.sample_mask), f"gate_{i}/",
                                  {"hidden": hidden, "attention_mask": "attention_mask"},
                                  {"logits": f"gate_{i}/logits"})
         # 0-d indices: (1, 2) logits -> (1,) per choice
@@ -262,7 +209,7 @@ class _Stitcher:
              ) -> tuple[str, str, dict[str, str]]:
         """Exit head and decision after layer i (for an example still running): whether it leaves,
         the exit's logits and the rule's new state."""
-        body = self.piece(_ExitHead(self.model, i), (self.sample_hidden, self.sample_mask), f"exit_{i}/",
+        body = self.piece(ExitHead(self.model, i), (self.sample_hidden, self.sample_mask), f"exit_{i}/",
                           {"hidden": hidden, "attention_mask": "attention_mask"},
                           {"exit_logits": f"exit_{i}/logits", "exit_score": f"exit_{i}/score"})
         new_state = {name: f"exit_{i}/state/{name}" for name in state}

@@ -25,6 +25,7 @@ from torch import nn
 from compresskit.errors import CompressKitError
 from compresskit.export.one_call import export_one_call
 from compresskit.export.onnx_config import ONNX_OPSET, CompressKitOnnxConfig, input_names
+from compresskit.export.pieces import Embeddings, ExitHead, LayerStep
 from compresskit.modeling.model import CompressedModelForSequenceClassification
 
 log = logging.getLogger(__name__)
@@ -117,17 +118,13 @@ class _GatesAndHead(nn.Module):
 class _Embed(nn.Module):
     def __init__(self, model):
         super().__init__()
-        self.model = model
+        self.embeddings = Embeddings(model)
         self.gates_and_head = _GatesAndHead(model, -1) if _gated(model) else None
 
     def forward(self, input_ids, attention_mask, token_type_ids=None):
-        hidden = self.model.adapter.embed(self.model.backbone, input_ids, token_type_ids)
-        outputs = [hidden]
-        bias = self.model.adapter.position_bias(self.model.backbone, hidden)
-        if bias is not None:
-            outputs.append(bias)
+        outputs = list(self.embeddings(input_ids, attention_mask, token_type_ids))
         if self.gates_and_head is not None:
-            outputs += self.gates_and_head(hidden, attention_mask)
+            outputs += self.gates_and_head(outputs[0], attention_mask)
         return tuple(outputs)
 
 
@@ -140,19 +137,6 @@ def _has_exit(model, index: int) -> bool:
     return index < model.num_layers - 1 and str(index) in model.exit_heads and model.exit_rule is not None
 
 
-class _Exit(nn.Module):
-    """Exit head logits and the exit rule's score after layer `index` (the `after_i` graph alone)."""
-
-    def __init__(self, model, index):
-        super().__init__()
-        self.model, self.index = model, index
-
-    def forward(self, out, attention_mask):
-        summary = self.model.exit_summary(out, attention_mask)
-        logits = self.model.exit_heads[str(self.index)](summary)
-        return logits, self.model.exit_rule.score(self.index, logits, summary)
-
-
 def _layer_outputs(model, index: int) -> list[str]:
     last = index == model.num_layers - 1
     return (["out"] + (["exit_logits", "exit_score"] if _has_exit(model, index) else [])
@@ -162,14 +146,13 @@ def _layer_outputs(model, index: int) -> list[str]:
 class _Layer(nn.Module):
     def __init__(self, model, index):
         super().__init__()
-        self.layer, self.adapter, self.model = model.layers[index], model.adapter, model
-        self.exit = _Exit(model, index) if _has_exit(model, index) else None
+        self.step, self.adapter, self.model = LayerStep(model, index), model.adapter, model
+        self.exit = ExitHead(model, index) if _has_exit(model, index) else None
         self.gates_and_head = _GatesAndHead(model, index) if _gated(model) else None
         self.last = index == model.num_layers - 1
 
     def forward(self, hidden, attention_mask, position_bias=None):
-        additive = (1.0 - attention_mask[:, None, None, :].to(hidden.dtype)) * torch.finfo(hidden.dtype).min
-        out = self.adapter.run_layer(self.layer, hidden, additive, position_bias, False)[0]
+        out = self.step(hidden, attention_mask, position_bias)
         outputs = [out]
         if self.exit is not None:
             outputs += self.exit(out, attention_mask)
@@ -234,7 +217,7 @@ def _export_parts(model: CompressedModelForSequenceClassification, work: Path) -
             inputs = ["hidden", "attention_mask"] + (["position_bias"] if mpnet else [])
             save(_Layer(model, i), args, f"layer_{i}.onnx", inputs, _layer_outputs(model, i))
             if str(i) in model.gates and _has_exit(model, i):  # the exit of rows whose gate skips layer i
-                save(_Exit(model, i), (hidden, mask), f"after_{i}.onnx", ["out", "attention_mask"],
+                save(ExitHead(model, i), (hidden, mask), f"after_{i}.onnx", ["out", "attention_mask"],
                      ["exit_logits", "exit_score"])
         graphs.append(export_one_call(model, work, names))  # the whole model in one call, for batch 1
     model.eval()

@@ -1,0 +1,62 @@
+"""The PyTorch pieces the ONNX graphs are traced from, shared by the per-layer and one-call exports."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class Embeddings(nn.Module):
+    """Token ids -> the first hidden states (and MPNet's relative position bias)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask, token_type_ids=None):
+        hidden = self.model.adapter.embed(self.model.backbone, input_ids, token_type_ids)
+        bias = self.model.adapter.position_bias(self.model.backbone, hidden)
+        return (hidden,) if bias is None else (hidden, bias)
+
+
+class LayerStep(nn.Module):
+    """One transformer layer alone."""
+
+    def __init__(self, model, index):
+        super().__init__()
+        self.model, self.layer = model, model.layers[index]
+
+    def forward(self, hidden, attention_mask, position_bias=None):
+        additive = (1.0 - attention_mask[:, None, None, :].to(hidden.dtype)) * torch.finfo(hidden.dtype).min
+        return self.model.adapter.run_layer(self.layer, hidden, additive, position_bias, False)[0]
+
+
+class GateLogits(nn.Module):
+    def __init__(self, model, index):
+        super().__init__()
+        self.gate = model.gates[str(index)]
+
+    def forward(self, hidden, attention_mask):
+        return self.gate(hidden, attention_mask)
+
+
+class ExitHead(nn.Module):
+    """Exit logits and the exit rule's score after layer `index`."""
+
+    def __init__(self, model, index):
+        super().__init__()
+        self.model, self.index = model, index
+
+    def forward(self, hidden, attention_mask):
+        summary = self.model.exit_summary(hidden, attention_mask)
+        logits = self.model.exit_heads[str(self.index)](summary)
+        return logits, self.model.exit_rule.score(self.index, logits, summary)
+
+
+class Head(nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, hidden):
+        return self.model.adapter.head(self.model.backbone, hidden)
