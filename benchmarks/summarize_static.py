@@ -31,14 +31,13 @@ def tinybert(runs: Path) -> None:
         return
     first = next(iter(reports.values()))  # every variant resumed the same teacher stage
     teacher = first["baseline"]
-    print("\n### TinyBERT: MPNet-12 -> MiniLM-L6\n")
+    print("\n### TinyBERT: MPNet-12 teacher -> 6-layer students\n")
     print("| model | test acc | of teacher | val acc | GFLOPs/example | params | train min |")
     print("|---|---|---|---|---|---|---|")
     minutes = {s["name"]: s["seconds"] / 60 for s in first["stages"]}
     rows = [("MPNet-12 teacher (fine-tuned, 1 epoch)", teacher, minutes.get("teacher"))]
     for run_dir, report in reports.items():
-        student = _student_settings(run_dir)
-        rows.append((f"MiniLM-L6 distilled: {student} (`{run_dir.name}`)", report["final"],
+        rows.append((f"{_student_settings(run_dir)} (`{run_dir.name}`)", report["final"],
                      report["stages"][-1]["seconds"] / 60))
     plain = load(runs / "minilm-l6-2ep/report.json")
     if plain:
@@ -54,8 +53,13 @@ def _student_settings(run_dir: Path) -> str:
     import yaml
 
     stage = yaml.safe_load((run_dir / "recipe.yaml").read_text())["stages"][-1]
-    text = (f"{stage.get('intermediate_epochs', 3):g} intermediate + {stage.get('prediction_epochs', 3):g} "
-            f"prediction epochs at {stage.get('learning_rate', 3e-5):g}")
+    layers = stage.get("student_layers")
+    student = f"MPNet-6 of teacher layers {layers}" if layers else "MiniLM-L6"
+    epochs = (f"{stage.get('intermediate_epochs', 3):g} intermediate + {stage.get('prediction_epochs', 3):g} "
+              f"prediction epochs at {stage.get('learning_rate', 3e-5):g}")
+    if stage.get("hard_label_weight", 0) == 1:  # the loss has no teacher term left: plain fine-tuning
+        return f"{student} fine-tuned on the labels only, {stage.get('prediction_epochs', 3):g} epochs"
+    text = f"{student} distilled: {epochs}"
     if stage.get("augment_copies"):
         text += f", {stage['augment_copies']} augmented copies"
     if stage.get("temperature", 1) != 1 or stage.get("hard_label_weight", 0):

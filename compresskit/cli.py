@@ -161,7 +161,7 @@ def assets_install(names: tuple[str, ...], keep_wheels: bool) -> None:
 
 @main.command()
 @click.argument("model")
-@click.option("--task", "task_name", required=True, help="Known task name (see docs/tasks.md).")
+@click.option("--task", "task_name", required=True, help="Known task name (docs/recipe-reference.md, `task`).")
 @click.option("--split", default="validation", show_default=True)
 @click.option("--max-samples", type=int, default=None, help="Evaluate the first N rows only.")
 @click.option("--max-length", type=int, default=128, show_default=True)

@@ -29,19 +29,33 @@ def _default(field: Any) -> str:
     if field.default is PydanticUndefined and field.default_factory is None:
         return "required"
     value = field.default_factory() if field.default_factory is not None else field.default
-    return f"`{value!r}`" if not isinstance(value, BaseModel) else "(block)"
+    if isinstance(value, BaseModel):  # a nested block: its own keys are listed under "Blocks"
+        return f"`{value.model_dump(exclude_none=True)}`"
+    return f"`{value!r}`"
 
 
-def fields_table(model: type[BaseModel], skip: tuple[str, ...] = ()) -> str:
+def _block(annotation: Any) -> type[BaseModel] | None:
+    return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+
+
+def fields_table(model: type[BaseModel], skip: tuple[str, ...] = (), blocks: dict | None = None) -> str:
+    """The keys of `model` as a table; nested blocks go into `blocks` to be listed once, by name."""
     rows = ["| key | type | default | meaning |", "|---|---|---|---|"]
     for name, field in model.model_fields.items():
         if name in skip:
             continue
+        block = _block(field.annotation)
+        if block is not None and blocks is not None:
+            blocks[block.__name__] = block
         limits = [f"{SYMBOLS[attr]} {getattr(m, attr)}" for m in field.metadata for attr in SYMBOLS
                   if getattr(m, attr, None) is not None]
         meaning = (field.description or "") + (f" ({', '.join(limits)})" if limits else "")
         kind = _type(field.annotation).replace("|", "\\|")  # a bare | would split the table cell
-        rows.append(f"| `{name}` | `{kind}` | {_default(field)} | {meaning} |")
+        if block is not None:
+            kind = f"[{block.__name__}](#{block.__name__.lower()})"
+        else:
+            kind = f"`{kind}`"
+        rows.append(f"| `{name}` | {kind} | {_default(field)} | {meaning} |")
     return "\n".join(rows)
 
 
@@ -77,11 +91,17 @@ def render() -> str:
         "",
         fields_table(StageConfig),
     ]
+    blocks: dict[str, type[BaseModel]] = {}
     for name, cls in strategies().items():
         if not cls.__module__.startswith("compresskit."):
             continue  # plugins document themselves
         doc = inspect.cleandoc(cls.__doc__ or "").replace("::\n", ":\n")
-        parts += ["", f"### `{name}` ({cls.kind})", "", doc, "", fields_table(cls.Config, skip=("strategy", "name"))]
+        table = fields_table(cls.Config, skip=("strategy", "name"), blocks=blocks)
+        parts += ["", f"### `{name}` ({cls.kind})", "", doc, "", table]
+    if blocks:
+        parts += ["", "## Blocks", "", "Keys of the nested mappings above; a key left out keeps its default."]
+        for block_name, block in sorted(blocks.items()):
+            parts += ["", f"### {block_name}", "", inspect.cleandoc(block.__doc__ or ""), "", fields_table(block)]
     return "\n".join(parts) + "\n"
 
 

@@ -86,6 +86,15 @@ def test_overrides_reach_nested_keys_and_named_stages():
     assert raw["stages"][0]["name"] == "t"
 
 
+def test_overriding_one_calibration_key_keeps_the_default_goal():
+    raw = good()
+    raw["stages"].append({"strategy": "pabee", "name": "exit"})
+    stage = validate_recipe(apply_overrides(raw, ["stages.exit.calibration.fraction=0.2"])).stages[1]
+    assert (stage.calibration.fraction, stage.calibration.max_accuracy_drop) == (0.2, 0.01)
+    raw["stages"][1]["calibration"] = {"target_layers": 3, "max_accuracy_drop": 0.01}
+    assert "only one of target_layers" in problems(raw)["stages[1].calibration"]
+
+
 @pytest.mark.parametrize("override, where", [("epochs", "--set epochs"), ("stages.nope.epochs=1", "--set stages"),
                                              ("stages.5.epochs=1", "--set stages")])
 def test_bad_overrides_are_located(override, where):

@@ -31,7 +31,8 @@ class BERxiTConfig(StageConfig, ExitHeadsConfig):
     exit_learning_rate: float = Field(5e-4, gt=0, description="of the exit heads and the exit module")
     batch_size: int = Field(32, ge=1)
     thresholds: int = Field(40, ge=2, description="certainty thresholds tried, evenly in [0, 1]")
-    calibration: CalibrationConfig = Field(default_factory=lambda: CalibrationConfig(max_accuracy_drop=0.01))
+    calibration: CalibrationConfig = Field(default_factory=CalibrationConfig, description="how the exit setting is "
+                                         "chosen on held-out training rows")
 
 
 @register_strategy

@@ -74,7 +74,8 @@ class ConsistentEEConfig(StageConfig, ExitHeadsConfig):
     exit_learning_rate: float = Field(5e-4, gt=0, description="exit heads (fresh modules)")
     policy_learning_rate: float = Field(1e-3, gt=0)
     batch_size: int = Field(32, ge=1)
-    calibration: CalibrationConfig = Field(default_factory=lambda: CalibrationConfig(max_accuracy_drop=0.01))
+    calibration: CalibrationConfig = Field(default_factory=CalibrationConfig, description="how the exit setting is "
+                                         "chosen on held-out training rows")
 
 
 @register_strategy

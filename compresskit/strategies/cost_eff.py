@@ -61,7 +61,8 @@ class CostEffConfig(StageConfig, ExitHeadsConfig):
     batch_size: int = Field(32, ge=1)
     temperature: float = Field(1.0, gt=0, description="softening of the teacher's prediction")
     taylor_batches: int = Field(16, ge=1, description="batches whose gradients score the channels")
-    calibration: CalibrationConfig = Field(default_factory=lambda: CalibrationConfig(max_accuracy_drop=0.01))
+    calibration: CalibrationConfig = Field(default_factory=CalibrationConfig, description="how the exit setting is "
+                                         "chosen on held-out training rows")
     thresholds: int = Field(40, ge=2, description="entropy thresholds tried, evenly from 0 to ln(labels)")
     curve_points: int = Field(12, ge=2, description="thresholds of the reported accuracy-vs-FLOPs curve")
 

@@ -27,7 +27,8 @@ class DeeBERTConfig(StageConfig, ExitHeadsConfig):
     epochs: float = Field(2.0, gt=0, description="stage 2: exit heads only (backbone and final head frozen)")
     learning_rate: float = Field(5e-4, gt=0, description="of the exit heads (fresh, small modules)")
     batch_size: int = Field(32, ge=1)
-    calibration: CalibrationConfig = Field(default_factory=lambda: CalibrationConfig(max_accuracy_drop=0.01))
+    calibration: CalibrationConfig = Field(default_factory=CalibrationConfig, description="how the exit setting is "
+                                         "chosen on held-out training rows")
     thresholds: int = Field(40, ge=2, description="entropy thresholds tried, evenly from 0 to ln(labels)")
 
 

@@ -27,7 +27,8 @@ class PABEEConfig(StageConfig, ExitHeadsConfig):
     learning_rate: float = Field(2e-5, gt=0, description="of the backbone")
     exit_learning_rate: float = Field(5e-4, gt=0, description="of the fresh exit heads")
     batch_size: int = Field(32, ge=1)
-    calibration: CalibrationConfig = Field(default_factory=lambda: CalibrationConfig(max_accuracy_drop=0.01))
+    calibration: CalibrationConfig = Field(default_factory=CalibrationConfig, description="how the exit setting is "
+                                         "chosen on held-out training rows")
 
 
 def train_jointly(state: PipelineState, ctx: StageContext, cfg: PABEEConfig, rule: dict):
