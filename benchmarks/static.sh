@@ -12,9 +12,12 @@ recipes=benchmarks/recipes/static
 tinybert() {  # the student's fine-tuned-without-teacher counterpart is $finetuned
   compresskit apply "$recipes/tinybert.yaml" -o runs/static-tinybert
 }
-tinybert_mpnet6() {  # a student of the teacher's own layers (every other one), from the teacher above
-  compresskit apply "$recipes/tinybert_mpnet6.yaml" -o runs/static-tinybert-mpnet6 \
+tinybert_mpnet6() {  # a student of the teacher's own layers (every other one), from the teacher above,
+  # then the same student trained on the labels alone (the "without distillation" counterpart)
+  compresskit apply "$recipes/tinybert_mpnet6.yaml" -o runs/static-tinybert-mpnet6-3ep \
     --set model=runs/static-tinybert/stages/00-teacher/model
+  compresskit apply "$recipes/tinybert_mpnet6.yaml" -o runs/static-tinybert-mpnet6-3ep-labels \
+    --set model=runs/static-tinybert/stages/00-teacher/model --set stages.student.hard_label_weight=1.0
 }
 prune() {
   compresskit apply "$recipes/structured_prune.yaml" -o runs/static-prune --set "model=$finetuned"
