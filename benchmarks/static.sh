@@ -18,6 +18,9 @@ tinybert_mpnet6() {  # a student of the teacher's own layers (every other one), 
     --set model=runs/static-tinybert/stages/00-teacher/model
   compresskit apply "$recipes/tinybert_mpnet6.yaml" -o runs/static-tinybert-mpnet6-3ep-labels \
     --set model=runs/static-tinybert/stages/00-teacher/model --set stages.student.hard_label_weight=1.0
+  compresskit benchmark runs/static-tinybert/stages/00-teacher/model \
+    runs/static-tinybert-mpnet6-3ep/stages/00-student/model --threads 1 --examples 128 --repeats 2 \
+    --output runs/static-mpnet6-latency.json
 }
 prune() {
   compresskit apply "$recipes/structured_prune.yaml" -o runs/static-prune --set "model=$finetuned"
