@@ -46,7 +46,7 @@ class CalibrationConfig(BaseModel):
     @model_validator(mode="after")
     def _one_goal(self) -> CalibrationConfig:
         if self.target_layers is not None and self.max_accuracy_drop is not None:
-            raise ValueError("give only one of target_layers or max_accuracy_drop")
+            raise ValueError("give only one of target_layers or max_accuracy_drop (set the other to null)")
         if self.target_layers is None and self.max_accuracy_drop is None:
             # so that `calibration: {fraction: 0.2}` keeps the default goal instead of failing
             self.max_accuracy_drop = 0.01
