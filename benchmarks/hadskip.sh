@@ -48,10 +48,12 @@ ablations() {  # at budget 3 on the `full` settings, against runs/hadskip-full-b
   done
 }
 predkd_ablations() {  # the same switches on the `predkd` settings at budget 3, against runs/hadskip-full-b3-predkd-direct3
+  # SEED=43 ABLATIONS=ste: another seed of one ablation (runs/hadskip-predkd-b3-ste-seed43)
   declare -A switch=([no-kd]=stages.skip.distill=false [no-stage2]=stages.skip.gate_epochs=0
                      [ste]=stages.skip.estimator=ste)
   for a in ${ABLATIONS:-no-kd no-stage2 ste}; do
-    compresskit apply "$hadskip" -o "runs/hadskip-predkd-b3-$a" "${predkd_settings[@]}" --set "${switch[$a]}"
+    compresskit apply "$hadskip" -o "runs/hadskip-predkd-b3-$a${SEED:+-seed$SEED}" "${predkd_settings[@]}" \
+      --set stages.skip.budget=3 --set "${switch[$a]}" --set "seed=${SEED:-42}"
   done
 }
 latency() {  # every finished HadSkip model (main, full, predkd, ablations)
