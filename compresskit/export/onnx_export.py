@@ -25,7 +25,7 @@ from torch import nn
 from compresskit.errors import CompressKitError
 from compresskit.export.one_call import export_one_call
 from compresskit.export.onnx_config import ONNX_OPSET, CompressKitOnnxConfig, input_names
-from compresskit.export.pieces import Embeddings, ExitHead, LayerStep
+from compresskit.export.pieces import Embeddings, ExitHead, GateLogits, Head, LayerStep
 from compresskit.modeling.model import CompressedModelForSequenceClassification
 
 log = logging.getLogger(__name__)
@@ -106,13 +106,14 @@ class _GatesAndHead(nn.Module):
 
     def __init__(self, model, index):
         super().__init__()
-        self.model, self.later = model, _later_gates(model, index)
+        self.later = nn.ModuleList(GateLogits(model, int(g)) for g in _later_gates(model, index))
+        self.head = Head(model)
 
     def forward(self, out, attention_mask):
         outputs = []
         if self.later:
-            outputs.append(torch.stack([self.model.gates[g](out, attention_mask) for g in self.later], 1))
-        return (*outputs, self.model.adapter.head(self.model.backbone, out))
+            outputs.append(torch.stack([gate(out, attention_mask) for gate in self.later], 1))
+        return (*outputs, self.head(out))
 
 
 class _Embed(nn.Module):
@@ -146,10 +147,10 @@ def _layer_outputs(model, index: int) -> list[str]:
 class _Layer(nn.Module):
     def __init__(self, model, index):
         super().__init__()
-        self.step, self.adapter, self.model = LayerStep(model, index), model.adapter, model
+        self.step = LayerStep(model, index)
         self.exit = ExitHead(model, index) if _has_exit(model, index) else None
         self.gates_and_head = _GatesAndHead(model, index) if _gated(model) else None
-        self.last = index == model.num_layers - 1
+        self.head = Head(model) if index == model.num_layers - 1 else None
 
     def forward(self, hidden, attention_mask, position_bias=None):
         out = self.step(hidden, attention_mask, position_bias)
@@ -158,8 +159,8 @@ class _Layer(nn.Module):
             outputs += self.exit(out, attention_mask)
         if self.gates_and_head is not None:
             outputs += self.gates_and_head(out, attention_mask)
-        elif self.last:
-            outputs.append(self.adapter.head(self.model.backbone, out))
+        elif self.head is not None:
+            outputs.append(self.head(out))
         return tuple(outputs)
 
 
