@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import os
 import subprocess
 import sys
@@ -17,6 +18,15 @@ import click
 from compresskit.errors import CompressKitError
 
 log = logging.getLogger("compresskit")
+
+POSITIVE = click.IntRange(min=1)
+LENGTH = click.IntRange(min=8, max=4096)  # tokens per input, as a recipe's data.max_length
+
+
+def _tolerance(ctx: click.Context, param: click.Parameter, value: float) -> float:
+    if not (math.isfinite(value) and value > 0):
+        raise click.BadParameter(f"{value} is not a positive finite number")
+    return value
 
 
 def _setup_logging(debug: bool) -> None:
@@ -43,6 +53,8 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
                 raise
             click.echo(f"error: {err}", err=True)
             sys.exit(2)
+        except click.ClickException:
+            raise  # click prints its usage errors and exits 2
         except KeyboardInterrupt:
             click.echo("interrupted; rerun the same command to resume after the last finished stage", err=True)
             sys.exit(130)
@@ -69,7 +81,7 @@ def main(debug: bool) -> None:
 @click.option("--output-dir", "-o", type=click.Path(file_okay=False), help="Run directory (default runs/NAME).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a recipe value, e.g. data.max_train_samples=500 or stages.teacher.epochs=1.")
-@click.option("--num-processes", type=int, default=1, show_default=True,
+@click.option("--num-processes", type=POSITIVE, default=1, show_default=True,
               help="Train with N data-parallel processes (DDP through accelerate, launched with torchrun).")
 @handle_errors
 def apply(recipe: str, output_dir: str | None, overrides: tuple[str, ...], num_processes: int) -> None:
@@ -115,10 +127,13 @@ def _relaunch(num_processes: int) -> None:
 @handle_errors
 def validate(recipe: str, overrides: tuple[str, ...]) -> None:
     """Check RECIPE without running it; lists every problem with its location."""
+    from compresskit.preflight import check_inputs
     from compresskit.recipe import load_recipe
 
     resolved = load_recipe(recipe, list(overrides))
-    names = ", ".join(f"{s.name} ({s.strategy})" for s in resolved.stages)
+    planned = check_inputs(resolved, recipe)  # the task's files and the models' configs, never weights
+    names = ", ".join(f"{name} ({s.strategy}, {shape.num_layers} layers{', dynamic' if shape.dynamic else ''})"
+                      for (name, shape), s in zip(planned, resolved.stages, strict=True))
     click.echo(f"ok: {resolved.recipe.name}: {len(resolved.stages)} stage(s): {names}")
 
 
@@ -163,23 +178,24 @@ def assets_install(names: tuple[str, ...], keep_wheels: bool) -> None:
 @click.argument("model")
 @click.option("--task", "task_name", required=True, help="Known task name (docs/recipe-reference.md, `task`).")
 @click.option("--split", default="validation", show_default=True)
-@click.option("--max-samples", type=int, default=None, help="Evaluate the first N rows only.")
-@click.option("--max-length", type=int, default=128, show_default=True)
-@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--max-samples", type=POSITIVE, default=None, help="Evaluate N rows of a seeded shuffle only.")
+@click.option("--max-length", type=LENGTH, default=128, show_default=True)
+@click.option("--batch-size", type=POSITIVE, default=64, show_default=True)
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True,
+              help="Draws a fresh classification head (an encoder without one) and the --max-samples rows.")
 @handle_errors
 def evaluate(model: str, task_name: str, split: str, max_samples: int | None, max_length: int,
-             batch_size: int) -> None:
-    """Evaluate MODEL (packaged name, directory or hub name) on a task split; prints JSON."""
+             batch_size: int, seed: int) -> None:
+    """Evaluate MODEL (packaged name, directory or hub name) on a task split; prints JSON (deterministic)."""
     from compresskit.data.loading import load_splits, resolve_task, tokenize
     from compresskit.evaluation.evaluate import count_parameters
     from compresskit.evaluation.evaluate import evaluate as run_eval
     from compresskit.modeling.loading import load_model
 
     task = resolve_task(task_name)
-    if split not in task.splits and task.source != "files":
-        raise CompressKitError(f"task {task.name!r} has no split {split!r}; splits: {', '.join(task.splits)}")
-    loaded, tokenizer = load_model(model, task)
-    data = tokenize(load_splits(task, [split], max_eval_samples=max_samples), tokenizer, max_length)
+    rows = load_splits(task, [split], seed=seed, max_eval_samples=max_samples)  # a bad split fails before the model
+    loaded, tokenizer = load_model(model, task, seed=seed)
+    data = tokenize(rows, tokenizer, max_length)
     metrics = run_eval(loaded, data[split], task, tokenizer, batch_size)
     metrics["parameters"] = count_parameters(loaded)
     click.echo(json.dumps(metrics, indent=2))
@@ -189,7 +205,8 @@ def evaluate(model: str, task_name: str, split: str, max_samples: int | None, ma
 @click.argument("model")
 @click.option("--output", "-o", required=True, type=click.Path(file_okay=False), help="Export directory.")
 @click.option("--quantize", type=click.Choice(["int8"]), default=None, help="Also write INT8 graphs (ORTQuantizer).")
-@click.option("--atol", type=float, default=1e-4, show_default=True, help="Largest logit difference vs PyTorch.")
+@click.option("--atol", type=float, default=1e-4, show_default=True, callback=_tolerance,
+              help="Largest logit difference vs PyTorch.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing export directory.")
 @handle_errors
 def export(model: str, output: str, quantize: str | None, atol: float, overwrite: bool) -> None:
@@ -212,8 +229,8 @@ def export(model: str, output: str, quantize: str | None, atol: float, overwrite
               help="One text per line (.txt; 'a<TAB>b' for pairs), or .csv/.jsonl with --column(s).")
 @click.option("--column", "columns", multiple=True, help="Text column(s) of a csv/jsonl file (two for pairs).")
 @click.option("--int8", is_flag=True, help="Use the INT8 graphs.")
-@click.option("--max-length", type=int, default=128, show_default=True, help="Longer inputs are truncated.")
-@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--max-length", type=LENGTH, default=128, show_default=True, help="Longer inputs are truncated.")
+@click.option("--batch-size", type=POSITIVE, default=32, show_default=True)
 @handle_errors
 def predict(export_dir: str, texts: tuple[str, ...], pairs: tuple[tuple[str, str], ...], file: str | None,
             columns: tuple[str, ...], int8: bool, max_length: int, batch_size: int) -> None:
@@ -231,11 +248,11 @@ def predict(export_dir: str, texts: tuple[str, ...], pairs: tuple[tuple[str, str
 @click.argument("paths", nargs=-1, required=True)
 @click.option("--task", default="rotten_tomatoes", show_default=True, help="Task whose texts are used.")
 @click.option("--split", default="test", show_default=True)
-@click.option("--examples", type=int, default=256, show_default=True)
+@click.option("--examples", type=POSITIVE, default=256, show_default=True)
 @click.option("--batch-sizes", default="1,32", show_default=True, help="Comma-separated.")
-@click.option("--max-length", type=int, default=64, show_default=True)
-@click.option("--repeats", type=int, default=3, show_default=True, help="Passes over the examples per model.")
-@click.option("--threads", type=int, default=None, help="torch and ONNX Runtime threads (default: torch's).")
+@click.option("--max-length", type=LENGTH, default=64, show_default=True)
+@click.option("--repeats", type=POSITIVE, default=3, show_default=True, help="Passes over the examples per model.")
+@click.option("--threads", type=POSITIVE, default=None, help="torch and ONNX Runtime threads (default: torch's).")
 @click.option("--output", type=click.Path(dir_okay=False), default=None, help="Also write the results as JSON.")
 @handle_errors
 def benchmark(paths: tuple[str, ...], task: str, split: str, examples: int, batch_sizes: str, max_length: int,
@@ -247,7 +264,10 @@ def benchmark(paths: tuple[str, ...], task: str, split: str, examples: int, batc
     try:
         sizes = tuple(int(b) for b in batch_sizes.split(","))
     except ValueError:
-        raise CompressKitError(f"--batch-sizes: expected numbers like 1,32, got {batch_sizes!r}") from None
+        sizes = ()
+    if not sizes or min(sizes) < 1:
+        raise click.BadParameter(f"expected positive numbers like 1,32, got {batch_sizes!r}",
+                                 param_hint="--batch-sizes")
     result = run_benchmark(list(paths), task=task, split=split, examples=examples, batch_sizes=sizes,
                            max_length=max_length, repeats=repeats, threads=threads)
     click.echo(markdown(result))
@@ -258,7 +278,7 @@ def benchmark(paths: tuple[str, ...], task: str, split: str, examples: int, batc
 @main.command()
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--measure", is_flag=True, help="Time every stage's model side by side (else: FLOPs speed-up).")
-@click.option("--batch-size", type=int, default=32, show_default=True, help="Batch size of --measure.")
+@click.option("--batch-size", type=POSITIVE, default=32, show_default=True, help="Batch size of --measure.")
 @handle_errors
 def report(run_dir: str, measure: bool, batch_size: int) -> None:
     """Write RUN_DIR/report/report.md: per-stage table, accuracy vs speed-up plot, layer usage."""

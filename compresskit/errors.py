@@ -29,3 +29,7 @@ class ModelFormatError(CompressKitError):
 
 class DataError(CompressKitError):
     """A task or data source cannot be loaded as asked."""
+
+
+class TrainingError(CompressKitError):
+    """Training cannot go on (a NaN or infinite loss): the stage stops and keeps nothing."""

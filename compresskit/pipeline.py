@@ -10,8 +10,14 @@ Run directory layout:
 
 Each stage's directory is written under a temporary name and renamed when whole, so a killed
 run leaves finished stages intact and no half-written one. A stage is reused when its
-fingerprint (the input model, task, data settings, seed and every stage config up to it)
-matches; changing a stage's settings reruns it and every stage after it.
+fingerprint matches: the contents of the input model and data files (sha256), the task, data
+settings, seed, package versions and every stage config up to it; changing any of them reruns
+that stage and every stage after it. A finished stage records the checksums of its files and is
+checked against them before it is reused: a truncated or altered stage runs again.
+
+The run directory is compresskit's (marked by `.compresskit-run`): it is never the current
+directory or one of its ancestors, a directory holding other files is refused, only files
+compresskit wrote are ever removed, and one run at a time holds it (`.lock`).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import json
 import logging
 import os
 import platform
+import re
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -40,6 +47,7 @@ from compresskit.data.loading import load_splits, resolve_task, tokenize
 from compresskit.data.tasks import TaskSpec
 from compresskit.errors import CompressKitError
 from compresskit.evaluation.evaluate import count_parameters, evaluate, flops_per_example
+from compresskit.files import DirectoryLock, tree_digest, verify_checksums, write_checksums, write_json
 from compresskit.modeling.loading import load_model, resolve_model_path
 from compresskit.modeling.model import CompressedModelForSequenceClassification
 from compresskit.recipe import ResolvedRecipe
@@ -48,6 +56,8 @@ log = logging.getLogger(__name__)
 
 PACKAGES = ("compresskit", "torch", "transformers", "datasets", "accelerate", "torch-pruning",
             "optimum", "optimum-onnx", "onnxruntime", "pydantic")
+MARKER = ".compresskit-run"  # a run directory compresskit made (it removes files only in those)
+STAGE_DIR = re.compile(r"^\d{2}-[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
 
 @dataclass
@@ -96,13 +106,6 @@ def _hash(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def write_json(path: Path, data: Any) -> None:
-    """Write JSON whole or not at all (a temporary file renamed into place)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=float))
-    os.replace(tmp, path)
-
-
 def package_versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
     for name in PACKAGES:
@@ -113,6 +116,35 @@ def package_versions() -> dict[str, str]:
     return out
 
 
+def check_run_dir(run_dir: Path) -> Path:
+    """The run directory, resolved; refused if it is the current directory or contains it, or if it
+    holds files that compresskit did not write."""
+    resolved, cwd = run_dir.resolve(), Path.cwd().resolve()
+    if resolved == cwd or resolved in cwd.parents:
+        raise CompressKitError(f"run directory {run_dir} is the current directory or one of its parents; "
+                               "compresskit writes and removes files there. Choose another --output-dir "
+                               "(or recipe name)")
+    if resolved.is_file():
+        raise CompressKitError(f"run directory {run_dir} is a file; choose another --output-dir")
+    if resolved.is_dir() and not (resolved / MARKER).exists() and any(resolved.iterdir()):
+        legacy = resolved / "environment.json"  # a run directory of compresskit before the marker
+        try:
+            ours = "compresskit" in json.loads(legacy.read_text()).get("packages", {})
+        except (OSError, ValueError, AttributeError):
+            ours = False
+        if not ours:
+            example = sorted(p.name for p in resolved.iterdir())[0]
+            raise CompressKitError(f"run directory {run_dir} already holds files compresskit did not write (e.g. "
+                                   f"{example!r}); choose another --output-dir, or empty it")
+    return resolved
+
+
+def input_digest(name: str) -> str:
+    """The contents of a model or data source a run reads: a sha256 of its files, or its name for a hub id."""
+    path = Path(resolve_model_path(name))
+    return tree_digest(path) if path.exists() else f"hub:{name}"
+
+
 class Pipeline:
     def __init__(self, resolved: ResolvedRecipe, run_dir: str | Path):
         self.resolved = resolved
@@ -121,18 +153,32 @@ class Pipeline:
         self.stages_dir = self.run_dir / "stages"
         self.dist = PartialState(cpu=not torch.cuda.is_available())
         self.task = resolve_task(self.recipe.task)
-        self.fingerprints = self._fingerprints()
+        self.fingerprints: list[str] = []
 
     # ---- bookkeeping -----------------------------------------------------------------------
     def _fingerprints(self) -> list[str]:
+        """Per stage: a hash of everything its result depends on, the contents of what it reads included."""
         r = self.recipe
         task = self.task.model_dump(mode="json")
-        previous = _hash(r.model, task, r.data.model_dump(), r.seed, r.evaluation.model_dump())
+        versions = {k: v for k, v in package_versions().items() if k in ("compresskit", "torch", "transformers")}
+        previous = _hash(r.model, input_digest(r.model), task, self._data_digest(), r.data.model_dump(), r.seed,
+                         r.evaluation.model_dump(), versions)
         out = []
-        for stage in self.resolved.stages:
-            previous = _hash(previous, stage.model_dump(mode="json"))
+        for i, stage in enumerate(self.resolved.stages):
+            reads = [input_digest(name) for name in self.resolved.strategy(i).reads()]
+            previous = _hash(previous, stage.model_dump(mode="json"), reads)
             out.append(previous)
         return out
+
+    def _data_digest(self) -> list[str]:
+        t = self.task
+        if t.source == "files":
+            return [tree_digest(Path(f)) for _, f in sorted((t.data_files or {}).items())]
+        if t.source == "packaged":
+            from compresskit import assets
+
+            return [tree_digest(assets.resolve(t.name, "task"))]
+        return [f"hub:{t.path}/{t.subset}"]
 
     def stage_dir(self, index: int) -> Path:
         return self.stages_dir / f"{index:02d}-{self.resolved.stages[index].name}"
@@ -142,12 +188,20 @@ class Pipeline:
         return self.stages_dir / f".checkpoint-{self.stage_dir(index).name}-{self.fingerprints[index]}"
 
     def finished_stages(self) -> int:
-        """How many leading stages are on disk, whole and with matching fingerprints."""
+        """How many leading stages are on disk, whole, unaltered and with matching fingerprints."""
         for i in range(len(self.resolved.stages)):
-            meta = self.stage_dir(i) / "stage.json"
-            if not (self.stage_dir(i) / ".complete").exists() or not meta.exists():
+            directory = self.stage_dir(i)
+            if not (directory / ".complete").exists():
                 return i
-            if json.loads(meta.read_text()).get("fingerprint") != self.fingerprints[i]:
+            try:
+                fingerprint = json.loads((directory / "stage.json").read_text()).get("fingerprint")
+            except (OSError, ValueError, AttributeError):
+                fingerprint = None
+            if fingerprint != self.fingerprints[i]:
+                return i
+            problem = verify_checksums(directory)
+            if problem:
+                log.warning("stage %r is damaged (%s): it runs again", self.resolved.stages[i].name, problem)
                 return i
         return len(self.resolved.stages)
 
@@ -155,9 +209,13 @@ class Pipeline:
         self.stages_dir.mkdir(parents=True, exist_ok=True)
         keep = {self.stage_dir(i).name for i in range(done)}
         keep |= {self.checkpoint_dir(i).name for i in range(done, len(self.resolved.stages))}
-        for path in self.stages_dir.iterdir():  # stale or half-written stages
-            if path.name not in keep:
-                shutil.rmtree(path) if path.is_dir() else path.unlink()
+        for path in self.stages_dir.iterdir():  # stale or half-written stages; nothing compresskit did not write
+            ours = path.is_dir() and (path.name.startswith((".tmp-", ".checkpoint-")) or (
+                STAGE_DIR.match(path.name) and ((path / "stage.json").exists() or (path / ".complete").exists())))
+            if path.name not in keep and ours:
+                shutil.rmtree(path)
+            elif path.name not in keep:
+                log.warning("leaving %s alone: compresskit did not write it", path)
         (self.run_dir / "recipe.yaml").write_text(yaml.safe_dump(self.resolved.to_dict(), sort_keys=False))
         write_json(self.run_dir / "environment.json", {
             "packages": package_versions(), "seed": self.recipe.seed,
@@ -181,11 +239,26 @@ class Pipeline:
 
     # ---- running ---------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        done = self.finished_stages()
+        """Check every input, then run the stages not finished yet; returns the report."""
+        from compresskit.preflight import check_inputs
+
+        check_inputs(self.resolved)  # a broken recipe or input fails here, before any stage runs
+        check_run_dir(self.run_dir)
+        self.fingerprints = self._fingerprints()
         if self.dist.is_main_process:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / MARKER).touch()
+            with DirectoryLock(self.run_dir, "`compresskit apply`"):
+                return self._locked_run()
+        return self._locked_run()
+
+    def _locked_run(self) -> dict[str, Any]:
+        if self.dist.is_main_process:
+            done = self.finished_stages()
             self._prepare_run_dir(done)
         self.dist.wait_for_everyone()
+        if not self.dist.is_main_process:
+            done = self.finished_stages()
         handler = self._attach_log_file()
         try:
             return self._run(done)
@@ -226,8 +299,8 @@ class Pipeline:
             path = self.stage_dir(done - 1) / "model"
             model = CompressedModelForSequenceClassification.from_pretrained(path)
             tokenizer = AutoTokenizer.from_pretrained(path)
-        else:
-            model, tokenizer = load_model(r.model, self.task)
+        else:  # a fresh head (the encoder has none) is drawn from the recipe's seed
+            model, tokenizer = load_model(r.model, self.task, seed=r.seed)
         return PipelineState(model=model, tokenizer=tokenizer, task=self.task, raw=raw,
                              max_length=r.data.max_length)
 
@@ -264,6 +337,7 @@ class Pipeline:
             state.model.save_pretrained(work_dir / "model")
             state.tokenizer.save_pretrained(work_dir / "model")
             write_json(work_dir / "stage.json", meta)
+            write_checksums(work_dir)
             (work_dir / ".complete").write_text("ok\n")
             os.replace(work_dir, final_dir)
             shutil.rmtree(self.checkpoint_dir(index), ignore_errors=True)
@@ -325,7 +399,7 @@ class Pipeline:
         if baseline_name == stages[-1]["name"]:
             baseline_profile = final_profile  # a one-model recipe: nothing to compare
         elif baseline_name == "input":
-            model, tokenizer = load_model(r.model, self.task)
+            model, tokenizer = load_model(r.model, self.task, seed=r.seed)
             baseline_profile = self.profile(PipelineState(model=model, tokenizer=tokenizer, task=self.task, raw=raw,
                                                           max_length=r.data.max_length), splits)
         else:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import math
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -20,10 +21,15 @@ from compresskit.errors import RecipeError
 from compresskit.registry import StageConfig, Strategy, strategies, unknown_strategy_message
 
 RECIPE_VERSION = 1
+# names become directory names: no separators, no leading dot (never `.` or `..`), no spaces
+SAFE_NAME = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$"
+SAFE_NAME_HINT = "letters, digits, '_', '.', '-', not starting with '.' or '-', at most 100 characters"
+MAX_DEPTH = 32  # a recipe is a few levels deep; deeper input is rejected before Python recursion fails
+MAX_SEED = 2**32 - 1  # numpy's seed range
 
 
 class DataConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     max_length: int = Field(128, ge=8, le=4096, description="tokens per example (longer are truncated)")
     max_train_samples: int | None = Field(None, ge=1, description="shrink the train split (quick runs)")
@@ -31,7 +37,7 @@ class DataConfig(BaseModel):
 
 
 class EvaluationConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     split: str = Field("validation", description="split evaluated after every stage")
     final_splits: list[str] = Field(default_factory=lambda: ["test"],
@@ -43,11 +49,11 @@ class EvaluationConfig(BaseModel):
 class Recipe(BaseModel):
     """The top level of a recipe file."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     version: Literal[1] = Field(description="recipe format version")
-    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
-    seed: int = 42
+    name: str = Field(pattern=SAFE_NAME, description=f"names the default run directory runs/NAME ({SAFE_NAME_HINT})")
+    seed: int = Field(42, ge=0, le=MAX_SEED)
     model: str = Field(description="packaged model name, local directory or hub name")
     task: str | TaskSpec = Field(description="known task name, or a task mapping")
     data: DataConfig = Field(default_factory=DataConfig)
@@ -99,6 +105,8 @@ def _pydantic_problems(err: ValidationError, root: type[BaseModel], prefix: str 
             close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1) if model else []
             if close:
                 msg += f"; did you mean {close[0]!r}?"
+        if e["type"] == "string_pattern_mismatch" and loc and loc[-1] == "name":
+            msg = f"unsafe name {e['input']!r} (it becomes a directory name): use {SAFE_NAME_HINT}"
         problems.append((location(loc, prefix), msg))
     return problems
 
@@ -145,7 +153,7 @@ def validate_recipe(raw: Any, source: str | None = None) -> ResolvedRecipe:
     """Validate a parsed recipe; raises RecipeError listing every problem with its location."""
     if not isinstance(raw, dict):
         raise RecipeError([("", f"a recipe is a mapping at the top level, got {type(raw).__name__}")], source)
-    problems: list[tuple[str, str]] = []
+    problems: list[tuple[str, str]] = _huge_numbers(raw)
     try:
         recipe = Recipe.model_validate(raw)
     except ValidationError as err:
@@ -172,9 +180,42 @@ def validate_recipe(raw: Any, source: str | None = None) -> ResolvedRecipe:
     return ResolvedRecipe(recipe=recipe, stages=stages)
 
 
+MAX_MAGNITUDE = 1e9  # no count, rate or size of a recipe comes near it; larger is a typo or an attack
+
+
+def _huge_numbers(raw: Any, loc: tuple[Any, ...] = ()) -> list[tuple[str, str]]:
+    """Every number beyond MAX_MAGNITUDE (the seed has its own range), located."""
+    if isinstance(raw, dict):
+        return [p for k, v in raw.items() for p in _huge_numbers(v, (*loc, k))]
+    if isinstance(raw, list):
+        return [p for i, v in enumerate(raw) for p in _huge_numbers(v, (*loc, i))]
+    if isinstance(raw, int | float) and not isinstance(raw, bool) and loc != ("seed",) and math.isfinite(raw) \
+            and abs(raw) > MAX_MAGNITUDE:
+        return [(location(loc), f"{raw:g} is out of range (numbers in a recipe stay within +-{MAX_MAGNITUDE:g})")]
+    return []
+
+
+def default_stage_name(raw: dict[str, Any], index: int, earlier: list[str]) -> str | None:
+    """A stage's name: its `name`, else its strategy's, else `strategy_INDEX` when that is taken."""
+    if raw.get("name") is not None:
+        return raw["name"]
+    strategy = raw.get("strategy")
+    if not isinstance(strategy, str):
+        return None
+    return strategy if strategy not in earlier else f"{strategy}_{index}"
+
+
+def stage_names(raw_stages: list[Any]) -> list[str | None]:
+    names: list[str | None] = []
+    for i, raw in enumerate(raw_stages):
+        names.append(default_stage_name(raw, i, [n for n in names if n]) if isinstance(raw, dict) else None)
+    return names
+
+
 def _validate_stages(raw_stages: list[Any]) -> tuple[list[StageConfig], list[tuple[str, str]]]:
     known = strategies()
     stages, problems, seen = [], [], set()
+    names = stage_names(raw_stages)
     for i, raw in enumerate(raw_stages):
         where = f"stages[{i}]"
         if not isinstance(raw, dict):
@@ -193,7 +234,7 @@ def _validate_stages(raw_stages: list[Any]) -> tuple[list[StageConfig], list[tup
             problems += _pydantic_problems(err, known[name].Config, where)
             continue
         if stage.name is None:
-            stage.name = name if name not in seen else f"{name}_{i}"
+            stage.name = names[i]
         if stage.name in seen:
             problems.append((f"{where}.name", f"stage name {stage.name!r} is used twice; names must be unique"))
         seen.add(stage.name)
@@ -203,16 +244,76 @@ def _validate_stages(raw_stages: list[Any]) -> tuple[list[StageConfig], list[tup
 
 # ---- files and overrides ------------------------------------------------------------------
 
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, but a key given twice in one mapping is a problem, not 'last wins'."""
+
+    def __init__(self, stream: str):
+        super().__init__(stream)
+        self.duplicates: list[tuple[str, str]] = []
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if isinstance(key, str | int | float | bool) and key in seen:
+                self.duplicates.append((f"line {line}", f"key {key!r} is given twice in one mapping (first on "
+                                                        f"line {seen[key]}); keep one"))
+            elif isinstance(key, str | int | float | bool):
+                seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def parse_yaml(text: str, source: str | None = None) -> Any:
+    """YAML text to Python data; a duplicate key or nesting deeper than a recipe needs is a RecipeError."""
+    loader = None
+    try:
+        loader = _StrictLoader(text)  # the reader checks the characters here already
+        data = loader.get_single_data()
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise RecipeError([(where, f"not valid YAML: {getattr(err, 'problem', None) or err}")], source) from None
+    except RecursionError:
+        raise RecipeError([("", f"nested too deeply to parse (a recipe needs at most {MAX_DEPTH} levels)")],
+                          source) from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+    if loader.duplicates:
+        raise RecipeError(loader.duplicates, source)
+    depth = _depth(data)
+    if depth > MAX_DEPTH:
+        raise RecipeError([("", f"nested {depth} levels deep; a recipe needs at most {MAX_DEPTH}")], source)
+    return data
+
+
+def _depth(data: Any) -> int:
+    """How deeply lists and mappings nest (iteratively: the input may be deeper than Python's stack)."""
+    deepest, todo = 0, [(data, 0)]
+    while todo:
+        node, depth = todo.pop()
+        deepest = max(deepest, depth)
+        if deepest > MAX_DEPTH:
+            break
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
+        todo += [(child, depth + 1) for child in children]
+    return deepest
+
+
 def load_yaml(path: str | Path) -> Any:
     path = Path(path)
     if not path.is_file():
         raise RecipeError([("", f"recipe file {path} does not exist")], str(path))
+    data = path.read_bytes()
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise RecipeError([("", "the file is UTF-16 text; save the recipe as UTF-8")], str(path))
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise RecipeError([(where, f"not valid YAML: {getattr(err, 'problem', err)}")], str(path)) from None
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise RecipeError([("", f"not UTF-8 text (byte 0x{data[err.start]:02x} at offset {err.start}); a recipe "
+                                "is a UTF-8 YAML file")], str(path)) from None
+    return parse_yaml(text, str(path))
 
 
 def apply_overrides(raw: Any, overrides: list[str]) -> Any:
@@ -225,9 +326,10 @@ def apply_overrides(raw: Any, overrides: list[str]) -> Any:
             problems.append((f"--set {item}", "expected KEY=VALUE, e.g. data.max_train_samples=500"))
             continue
         try:
-            parsed = yaml.safe_load(value)
-        except yaml.YAMLError:
-            parsed = value
+            parsed = parse_yaml(value)
+        except RecipeError as err:
+            problems += [(f"--set {item}", msg) for _, msg in err.problems if "not valid YAML" not in msg]
+            parsed = value  # plain text, e.g. a path with a colon
         parts = key.replace("[", ".").replace("]", "").split(".")
         node = raw
         for j, part in enumerate(parts[:-1]):
@@ -269,10 +371,10 @@ def _list_index(items: list[Any], part: str) -> tuple[int, str | None]:
         if -len(items) <= index < len(items):
             return index, None
         return 0, f"index {index} is out of range ({len(items)} items)"
-    for i, item in enumerate(items):  # stages can be named instead of numbered
-        if isinstance(item, dict) and (item.get("name") or item.get("strategy")) == part:
-            return i, None
-    return 0, f"no stage named {part!r}"
+    names = stage_names(items)  # stages can be named instead of numbered, as `validate` names them
+    if part in names:
+        return names.index(part), None
+    return 0, f"no stage named {part!r}; stages: {', '.join(n for n in names if n)}"
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> ResolvedRecipe:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import difflib
 import importlib
 import pkgutil
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, ClassVar, Literal
 
@@ -19,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from compresskit.errors import CompressKitError
 
 if TYPE_CHECKING:
+    from compresskit.data.tasks import TaskSpec
     from compresskit.pipeline import PipelineState, StageContext
 
 ENTRY_POINT_GROUP = "compresskit.strategies"
@@ -28,19 +31,50 @@ Kind = Literal["training", "static", "dynamic", "export"]
 class StageConfig(BaseModel):
     """Fields every stage has; a strategy's config adds its own (unknown keys are errors)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     strategy: str
-    name: str | None = Field(None, description="stage name (default: the strategy name)")
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$",
+                             description="stage name, part of its directory name (default: the strategy name)")
     max_train_samples: int | None = Field(
         None, ge=1, description="train this stage on this many rows of the train split (the first rows of one "
         "seeded shuffle, so smaller subsets are nested in larger ones); evaluation splits are untouched")
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What validation knows of the model a stage receives, read from configs (never weights)."""
+
+    model_type: str  # the backbone's (bert, roberta, mpnet, ...)
+    num_layers: int
+    num_heads: int
+    hidden_size: int
+    dynamic: bool = False  # gates or exit heads
+
+    def with_layers(self, num_layers: int) -> ModelShape:
+        return replace(self, num_layers=num_layers)
+
+
+@dataclass
+class PlanContext:
+    """What `Strategy.plan` may use: the task, the shapes of earlier stages' models, a way to read another
+    model's shape (a student), and where to put problems."""
+
+    task: TaskSpec
+    shapes: dict[str, ModelShape]  # earlier stages by name, and "input"
+    read_shape: Callable[[str, str], ModelShape | None]  # (model name, field) -> shape; None after a problem
+    problems: list[tuple[str, str]] = field(default_factory=list)
+
+    def problem(self, where: str, message: str) -> None:
+        self.problems.append((where, message))
 
 
 class Strategy:
     """A pipeline stage kind. Subclasses set `name`, `kind`, `Config`, and implement `apply`.
 
     `check` runs for every stage before any stage runs and must not touch models or data;
+    `plan` then runs with the task and the model shapes read from configs, so that every number
+    that refers to the model (a layer index, a budget) is checked before anything trains;
     `apply` receives the state left by the previous stage and returns the new one, whose
     model's config must describe its real architecture.
     """
@@ -59,6 +93,16 @@ class Strategy:
     def check(self, stage_names: list[str], index: int) -> list[tuple[str, str]]:
         """Cross-stage problems as (field, message); `stage_names` are all stages in order."""
         return []
+
+    def reads(self) -> list[str]:
+        """Models or files this stage reads besides the incoming model (their contents are part of the
+        stage's fingerprint, so replacing one reruns the stage)."""
+        return []
+
+    def plan(self, shape: ModelShape, ctx: PlanContext) -> ModelShape:
+        """The shape of the model this stage leaves, given the one it receives; problems go to
+        `ctx.problem(field, message)`. The default: a stage that keeps the architecture."""
+        return shape
 
     def apply(self, state: PipelineState, ctx: StageContext) -> PipelineState:
         raise NotImplementedError

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import random
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -21,7 +26,7 @@ from transformers import (
 # Tiny models gain nothing from threads, and one thread per test process keeps a shared
 # 2-core machine from thrashing (subprocesses inherit the variable).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
-torch.set_num_threads(1)
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 POSITIVE = ["good", "great", "fine", "superb", "lovely"]
 NEGATIVE = ["bad", "awful", "poor", "dull", "boring"]
@@ -114,3 +119,56 @@ def tiny_recipe(tmp_path, tiny_model_dir, tiny_task):
         return path
 
     return write
+
+
+@dataclass
+class CliResult:
+    code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+
+class Cli:
+    """`compresskit ARGS` as a process of its own (tests/cli_zygote.py): real exit codes, real stderr."""
+
+    def __init__(self, workdir: Path):
+        self.workdir = workdir
+        self.lock = threading.Lock()
+        self.count = 0
+        self.process = subprocess.Popen([sys.executable, "-m", "tests.cli_zygote"], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parent.parent)
+        assert json.loads(self.process.stdout.readline()) == {"ready": True}
+
+    def __call__(self, *args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> CliResult:
+        with self.lock:
+            self.count += 1
+            out, err = self.workdir / f"{self.count}.out", self.workdir / f"{self.count}.err"
+            request = {"args": [str(a) for a in args], "cwd": str(cwd or Path.cwd()),
+                       "env": {**os.environ, **(env or {})}, "stdout": str(out), "stderr": str(err)}
+            self.process.stdin.write(json.dumps(request) + "\n")
+            self.process.stdin.flush()
+            code = json.loads(self.process.stdout.readline())["code"]
+        return CliResult(code, out.read_text(errors="replace"), err.read_text(errors="replace"))
+
+    def close(self) -> None:
+        self.process.stdin.close()
+        self.process.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def cli(tmp_path_factory):
+    runner = Cli(tmp_path_factory.mktemp("cli"))
+    yield runner
+    runner.close()
+
+
+def console_script(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
+                   timeout: float = 600) -> CliResult:
+    """The installed `compresskit` executable itself, in a subprocess (slow: imports every time)."""
+    done = subprocess.run([str(Path(sys.executable).with_name("compresskit")), *map(str, args)], cwd=cwd,
+                          env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=timeout)
+    return CliResult(done.returncode, done.stdout, done.stderr)

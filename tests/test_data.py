@@ -40,7 +40,7 @@ def test_sentence_pairs_from_jsonl_and_regression(tmp_path):
     ({"text_fields": ["nope"]}, "missing column"),
     ({"labels": ["bad", "good"]}, "not in labels"),
     ({"data_files": {"train": "/nonexistent.csv"}}, "does not exist"),
-    ({"data_files": {"train": "x.xlsx"}}, "must all be one of"),
+    ({"data_files": {"train": "x.xlsx"}}, "unknown format"),
 ])
 def test_bad_data_settings_are_clear_errors(tiny_task, change, message):
     with pytest.raises(DataError, match=message):

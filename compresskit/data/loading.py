@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,30 +38,78 @@ def resolve_task(task: str | TaskSpec | dict[str, Any]) -> TaskSpec:
     )
 
 
-def _raw_splits(task: TaskSpec, wanted: list[str]) -> datasets.DatasetDict:
+def _source(task: TaskSpec, split: str) -> str:
+    """Where a split's rows come from, for messages: a file path or a hub name."""
     if task.source == "packaged":
-        root = assets.resolve(task.name, "task")
-        files = {s: str(root / f"{task.splits[s]}.jsonl") for s in wanted}
-        return datasets.load_dataset("json", data_files=files)
+        return str(assets.resolve(task.name, "task") / f"{task.splits[split]}.jsonl")
     if task.source == "files":
-        files = {}
-        for split in wanted:
+        return str(task.data_files[task.splits.get(split, split)])
+    return f"{task.path}/{task.subset} (hub), split {task.splits[split]!r}"
+
+
+def _check_split_names(task: TaskSpec, wanted: list[str]) -> None:
+    for split in wanted:
+        if task.source == "files":
             name = task.splits.get(split, split)
-            if name not in task.data_files:
+            if name not in (task.data_files or {}):
                 raise DataError(f"task {task.name!r}: data_files has no {name!r} split "
-                                f"(has {', '.join(task.data_files)})")
-            files[split] = task.data_files[name]
-        suffixes = {Path(f).suffix.lower() for f in files.values()}
-        builders = {FILE_BUILDERS.get(s) for s in suffixes}
-        if None in builders or len(builders) != 1:
-            raise DataError(f"task {task.name!r}: data files must all be one of "
-                            f"{', '.join(FILE_BUILDERS)}; got {sorted(suffixes)}")
-        for f in files.values():
-            if not Path(f).is_file():
-                raise DataError(f"task {task.name!r}: data file {f} does not exist")
-        builder = builders.pop()
-        extra = {"delimiter": "\t"} if suffixes == {".tsv"} else {}
-        return datasets.load_dataset(builder, data_files=files, **extra)
+                                f"(has {', '.join(task.data_files or {})}); add it or pick one of those")
+        elif split not in task.splits:
+            raise DataError(f"task {task.name!r} has no split {split!r}; splits: {', '.join(task.splits)}")
+
+
+def _read_file(path: str) -> datasets.Dataset:
+    """One csv/tsv/jsonl/json/parquet file as a Dataset; any unreadable file is a DataError naming it."""
+    file = Path(path)
+    suffix = file.suffix.lower()
+    if suffix not in FILE_BUILDERS:
+        raise DataError(f"data file {path}: unknown format {suffix!r}; use one of {', '.join(FILE_BUILDERS)}")
+    if not file.is_file():
+        raise DataError(f"data file {path} does not exist")
+    if file.stat().st_size == 0:
+        raise DataError(f"data file {path} is empty")
+    if suffix != ".parquet":
+        head = file.read_bytes()
+        if b"\0" in head[:65536]:
+            raise DataError(f"data file {path} is not a text file (it holds NUL bytes)")
+        try:
+            head.decode("utf-8")
+        except UnicodeDecodeError as err:
+            line = head[:err.start].count(b"\n") + 1
+            raise DataError(f"data file {path}, line {line}: not UTF-8 text (byte 0x{head[err.start]:02x}); "
+                            "save the file as UTF-8") from None
+    options: dict[str, Any] = {}
+    if suffix in (".csv", ".tsv"):
+        # cells as written: pandas would turn empty cells and words like NA or null into NaN
+        options = {"keep_default_na": False, "delimiter": "\t" if suffix == ".tsv" else ","}
+    try:
+        with _quiet():
+            return datasets.load_dataset(FILE_BUILDERS[suffix], data_files={"rows": str(file)}, split="rows",
+                                         **options)
+    except Exception as err:  # pandas/pyarrow raise many types; all mean "this file is not readable as its format"
+        cause = err.__cause__ or err
+        reason = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
+        if "corresponds to no data" in reason:
+            raise DataError(f"data file {path} has no rows (a header at most)") from None
+        raise DataError(f"data file {path} cannot be read as {suffix[1:]}: {reason}") from None
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """No `datasets` progress bars: reading and checking a split takes a second; the bars of long steps stay."""
+    quiet = datasets.utils.are_progress_bars_disabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if not quiet:
+            datasets.enable_progress_bars()
+
+
+def _raw_splits(task: TaskSpec, wanted: list[str]) -> datasets.DatasetDict:
+    _check_split_names(task, wanted)
+    if task.source in ("packaged", "files"):
+        return datasets.DatasetDict({s: _read_file(_source(task, s)) for s in wanted})
     try:
         loaded = datasets.load_dataset(task.path, task.subset)
     except Exception as err:  # the hub raises many types; all mean "not reachable as named"
@@ -70,50 +121,95 @@ def _check_columns(task: TaskSpec, split: str, ds: datasets.Dataset) -> None:
     need = [*task.text_fields, task.label_field]
     missing = [c for c in need if c not in ds.column_names]
     if missing:
-        raise DataError(f"task {task.name!r}, split {split!r}: missing column(s) {missing}; "
-                        f"the data has {ds.column_names}. Set text_fields / label_field to match.")
+        raise DataError(f"task {task.name!r}, split {split!r} ({_source(task, split)}): missing column(s) "
+                        f"{missing}; the data has {ds.column_names}. Set text_fields / label_field to match.")
+    if len(ds) == 0:
+        raise DataError(f"task {task.name!r}, split {split!r} ({_source(task, split)}) has no rows")
 
 
-def _label_to_index(task: TaskSpec):
+def label_converter(task: TaskSpec) -> Callable[[Any], float | int]:
+    """A label cell to its class index (a name from `labels` or an integer) or regression target.
+
+    Raises ValueError saying what is wrong with the value; the caller adds where it is.
+    """
     names = {n: i for i, n in enumerate(task.labels or [])}
 
     def convert(value: Any) -> float | int:
+        if isinstance(value, str):
+            value = value.strip()
+        if value is None or value == "" or (isinstance(value, float) and math.isnan(value)):
+            raise ValueError("the label is empty")
         if task.is_regression:
-            return float(value)
-        if isinstance(value, str) and not value.lstrip("-").isdigit():
-            if value not in names:
-                raise DataError(f"task {task.name!r}: label {value!r} is not in labels {task.labels}")
+            try:
+                target = float(value)
+            except (TypeError, ValueError):
+                raise ValueError(f"label {value!r} is not a number (a regression task, num_labels: 1)") from None
+            if not math.isfinite(target):
+                raise ValueError(f"label {value!r} is not a finite number")
+            return target
+        if isinstance(value, str) and value in names:
             return names[value]
-        index = int(value)
-        if not 0 <= index < task.num_labels:
-            raise DataError(f"task {task.name!r}: label {index} outside 0..{task.num_labels - 1}")
-        return index
+        if isinstance(value, str):
+            if not value.lstrip("-").isdigit():
+                hint = (f"it is not in labels {task.labels}" if task.labels else
+                        "the column holds names: list them under `labels:` in class-index order")
+                raise ValueError(f"label {value!r}: {hint}")
+            value = int(value)
+        if isinstance(value, float):
+            if not value.is_integer():
+                raise ValueError(f"label {value!r} is a fraction; a classification label is a class index "
+                                 f"(0..{task.num_labels - 1}) or a name from `labels` (regression: num_labels: 1)")
+            value = int(value)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ValueError(f"label {value!r} is neither a class index nor a label name")
+        if not 0 <= value < task.num_labels:
+            raise ValueError(f"label {value} is outside 0..{task.num_labels - 1} (num_labels: {task.num_labels})")
+        return value
 
     return convert
 
 
+def _rows(task: TaskSpec, split: str, ds: datasets.Dataset) -> datasets.Dataset:
+    """{text_a, [text_b], label} rows with fixed column types; a bad cell names its file, row and column."""
+    convert = label_converter(task)
+    columns = {"text_a": task.text_fields[0]}
+    if len(task.text_fields) == 2:
+        columns["text_b"] = task.text_fields[1]
+    features = datasets.Features({**{k: datasets.Value("string") for k in columns},
+                                  "label": datasets.Value("float32" if task.is_regression else "int64")})
+    row_word = "line" if _source(task, split).endswith(".jsonl") else "row"
+
+    def rename(row: dict[str, Any], index: int) -> dict[str, Any]:
+        new: dict[str, Any] = {k: None if row[v] is None else str(row[v]) for k, v in columns.items()}
+        try:
+            new["label"] = convert(row[task.label_field])
+        except ValueError as err:
+            counted = " (not counting the header)" if row_word == "row" else ""
+            raise DataError(f"task {task.name!r}: {_source(task, split)}, {row_word} {index + 1}{counted}, column "
+                            f"{task.label_field!r}: {err}") from None
+        return new
+
+    with _quiet():
+        return ds.map(rename, with_indices=True, remove_columns=ds.column_names, features=features)
+
+
 def load_splits(task: TaskSpec, splits: list[str], seed: int = 0, max_train_samples: int | None = None,
                 max_eval_samples: int | None = None) -> datasets.DatasetDict:
-    """Rows as {text_a, [text_b], label}, shrunk (after a seeded shuffle) when asked."""
+    """Rows as {text_a, [text_b], label}, shrunk (after a seeded shuffle) when asked.
+
+    Every row is checked (a bad label anywhere is an error naming its file, row and column),
+    then the split is shrunk: the rows kept are those of a seeded shuffle of the whole split.
+    """
     raw = _raw_splits(task, splits)
-    convert = _label_to_index(task)
     out = {}
     for split in splits:
         ds = raw[split]
         _check_columns(task, split, ds)
+        ds = _rows(task, split, ds)
         limit = max_train_samples if split == "train" else max_eval_samples
         if limit is not None and limit < len(ds):
             ds = ds.shuffle(seed=seed).select(range(limit))
-        columns = {"text_a": task.text_fields[0], "label": task.label_field}
-        if len(task.text_fields) == 2:
-            columns["text_b"] = task.text_fields[1]
-
-        def rename(row: dict[str, Any], columns=columns) -> dict[str, Any]:
-            new = {k: row[v] for k, v in columns.items()}
-            new["label"] = convert(new["label"])
-            return new
-
-        out[split] = ds.map(rename, remove_columns=ds.column_names, desc=f"{task.name}/{split}")
+        out[split] = ds
     return datasets.DatasetDict(out)
 
 

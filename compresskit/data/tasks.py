@@ -18,7 +18,7 @@ class TaskSpec(BaseModel):
     float for regression (`num_labels: 1`). The first metric decides which checkpoint is best.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     name: str
     source: Literal["packaged", "hub", "files"] = "files"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 
@@ -24,30 +25,49 @@ def read_inputs(texts: tuple[str, ...], pairs: tuple[tuple[str, str], ...], file
     return found
 
 
+def _text(path: Path) -> str:
+    """The file as UTF-8 text, or an error that says what it is instead."""
+    data = path.read_bytes()
+    if b"\0" in data[:65536]:
+        raise CompressKitError(f"predict: {path} is not a text file (it holds NUL bytes)")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data[:err.start].count(b"\n") + 1
+        raise CompressKitError(f"predict: {path}, line {line}: not UTF-8 text (byte 0x{data[err.start]:02x}); "
+                               "save the file as UTF-8") from None
+
+
 def read_file(path: Path, columns: tuple[str, ...]) -> list[Input]:
-    if not path.exists():
-        raise CompressKitError(f"predict: {path} does not exist")
+    if not path.is_file():
+        raise CompressKitError(f"predict: {path} does not exist or is not a file")
     suffix = path.suffix.lower()
     if suffix in (".txt", ""):
         # one text per line; a tab splits a pair. Blank lines are inputs too (empty text).
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = _text(path).splitlines()
         return [tuple(line.split("\t", 1)) if "\t" in line else line for line in lines]  # type: ignore[misc]
     if suffix not in (".csv", ".jsonl"):
         raise CompressKitError(f"predict: {path.name}: expected a .txt, .csv or .jsonl file")
     if not 1 <= len(columns) <= 2:
         raise CompressKitError(f"predict: {path.name} is a table: name its text column(s) with --column "
                                "(once for single texts, twice for pairs)")
+    text = _text(path)
     if suffix == ".csv":
-        with path.open(newline="", encoding="utf-8") as fh:
-            rows = list(csv.DictReader(fh))
+        try:
+            rows = list(csv.DictReader(io.StringIO(text, newline="")))
+        except csv.Error as err:
+            raise CompressKitError(f"predict: {path.name} is not a readable csv file: {err}") from None
     else:
         rows = []
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        for number, line in enumerate(text.splitlines(), 1):
             if line.strip():
                 try:
-                    rows.append(json.loads(line))
+                    row = json.loads(line)
                 except json.JSONDecodeError as err:
                     raise CompressKitError(f"predict: {path.name} line {number} is not JSON: {err.msg}") from None
+                if not isinstance(row, dict):
+                    raise CompressKitError(f"predict: {path.name} line {number} is not a JSON object")
+                rows.append(row)
     missing = [c for c in columns if rows and c not in rows[0]]
     if missing:
         raise CompressKitError(f"predict: {path.name} has no column(s) {missing}; it has {sorted(rows[0])}")

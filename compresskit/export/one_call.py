@@ -128,6 +128,7 @@ class _Stitcher:
         state = {name: self.constant(f"state_init/{name}", value.numpy())
                  for name, value in self.rule.init_state(1, torch.device("cpu")).items()} if self.rule else {}
         hidden, executed = "embedded", self.constant("no_layers", np.zeros(1, dtype=np.float32))
+        self.ran: list[str] = []  # per layer, (1,) float: 1 if the layer ran
         # `running`: (1,) bool, the example has not left yet; None until the first exit
         running: str | None = None
         logits, exit_layer = None, self.constant("depth", np.full(1, model.num_layers))
@@ -145,14 +146,18 @@ class _Stitcher:
                 logits, exit_layer = f"exit_{i}/result", f"exit_{i}/exit_layer"
         head = self.piece(Head(model), (self.sample_hidden,), "head/", {"hidden": hidden}, {"logits": "head/logits"})
         self.nodes += self.branch(running, "head", head, ["head/logits"], [logits])
+        self.add("Concat", self.ran, "ran", axis=0)
+        self.add("Unsqueeze", ["ran", self.constant("axis_0", np.zeros(1, dtype=np.int64))], "ran_row")
         self.nodes += [helper.make_node("Identity", ["head"], ["logits"]),
                        helper.make_node("Identity", [executed], ["layers_executed"]),
-                       helper.make_node("Identity", [exit_layer], ["exit_layer"])]
+                       helper.make_node("Identity", [exit_layer], ["exit_layer"]),
+                       helper.make_node("Cast", ["ran_row"], ["layer_mask"], to=TensorProto.BOOL)]
         graph_inputs = [helper.make_tensor_value_info(n, TensorProto.INT64, [1, "sequence"])
                         for n in self.input_names]
         outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, "labels"]),
                    helper.make_tensor_value_info("layers_executed", TensorProto.FLOAT, [1]),
-                   helper.make_tensor_value_info("exit_layer", TensorProto.INT64, [1])]
+                   helper.make_tensor_value_info("exit_layer", TensorProto.INT64, [1]),
+                   helper.make_tensor_value_info("layer_mask", TensorProto.BOOL, [1, model.num_layers])]
         return helper.make_graph(self.nodes, "one_call", graph_inputs, outputs, initializer=self.initializers)
 
     def add(self, op: str, inputs: list[str], output: str, **attributes) -> str:
@@ -192,6 +197,7 @@ class _Stitcher:
             count = self.constant("one", np.ones(1, dtype=np.float32))
         else:
             count = self.add("Cast", [runs], f"layer_{i}/ran", to=TensorProto.FLOAT)
+        self.ran.append(count)
         return f"h{i}", self.add("Add", [executed, count], f"executed_{i}")
 
     def gate(self, i: int, hidden: str) -> str:

@@ -18,11 +18,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from compresskit.errors import CompressKitError
+from compresskit.export.agreement import agreement, agreement_one_at_a_time
 from compresskit.export.one_call import export_one_call
 from compresskit.export.onnx_config import ONNX_OPSET, CompressKitOnnxConfig, input_names
 from compresskit.export.pieces import Embeddings, ExitHead, GateLogits, Head, LayerStep
@@ -32,8 +32,8 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "compresskit_export.json"
 # dynamic exports: 4 = layer graphs carry their exit head + rule score, every later gate and the
-# head; 5 adds the one-call graph for batch 1 (the runtime still reads 4)
-DYNAMIC_FORMAT = 5
+# head; 5 adds the one-call graph for batch 1; 6 its per-layer mask (the runtime still reads 4)
+DYNAMIC_FORMAT = 6
 ATOL = 1e-4
 
 
@@ -230,29 +230,23 @@ def _export_parts(model: CompressedModelForSequenceClassification, work: Path) -
 
 def _validate(model: CompressedModelForSequenceClassification, tokenizer: Any, work: Path,
               manifest: dict[str, Any], atol: float) -> dict[str, Any]:
-    """Run the export and the PyTorch model on the same (ragged) batch: logits, routes, predictions."""
+    """Run the export and the PyTorch model on the same (ragged) batch, and one example at a time:
+    the same logits on the same route, routes different only at near-ties (export/agreement.py)."""
     from compresskit.export.runtime import OnnxClassifier
 
     texts = ["a fine film", "", "dull , slow and far too long for what it has to say about anything at all",
              "yes", "the plot makes no sense but the actors are great"] * 2
     batch = tokenizer(texts, padding=True, truncation=True, max_length=64, return_tensors="pt")
     inputs = {k: v for k, v in batch.items() if k in input_names(model.config.backbone["model_type"])}
-    with torch.no_grad():
-        expected = model(**inputs)
     runtime = OnnxClassifier(work, manifest=manifest)
-    got = runtime.forward({k: v.numpy() for k, v in inputs.items()})
-    diff = float(np.abs(got.logits - expected.logits.numpy()).max())
-    same_routes = bool(np.array_equal(got.layers_executed, expected.layers_executed.numpy()))
+    result = agreement(model, runtime, inputs, tie_tolerance=atol)
     if manifest.get("one_call"):  # one example at a time through the one-call graph
-        for row in range(len(texts)):
-            length = int(inputs["attention_mask"][row].sum())
-            alone = runtime.forward({k: v[row:row + 1, :length].numpy() for k, v in inputs.items()})
-            diff = max(diff, float(np.abs(alone.logits[0] - expected.logits[row].numpy()).max()))
-            same_routes &= bool(alone.layers_executed[0] == expected.layers_executed[row])
-    if diff > atol or not same_routes:
-        raise CompressKitError(f"export: ONNX and PyTorch disagree (max |logit diff| {diff:.2e}, tolerance "
-                               f"{atol:g}; same layers executed: {same_routes})")
-    return {"max_abs_diff": diff, "atol": atol}
+        result.add(agreement_one_at_a_time(model, runtime, inputs, tie_tolerance=atol))
+    result.check(atol)
+    if result.flipped:
+        log.warning("export: %d of %d check example(s) took another route at a near-tie (within %g of a "
+                    "threshold); logits agree on the routes taken", result.flipped, result.examples, atol)
+    return {"max_abs_diff": result.max_abs_diff, "atol": atol, "near_tie_flips": result.flipped}
 
 
 def _quantize(work: Path, manifest: dict[str, Any], scheme: str) -> dict[str, Any]:

@@ -34,6 +34,7 @@ class RuntimeOutput:
     logits: np.ndarray
     layers_executed: np.ndarray  # per example
     exit_layer: np.ndarray  # 1-based layer after which each example left (L: ran to the end)
+    layer_mask: np.ndarray | None = None  # (batch, layers) bool: which layers ran (None: a format-5 one-call graph)
 
 
 class OnnxClassifier:
@@ -124,10 +125,10 @@ class OnnxClassifier:
         if self.manifest["kind"] == "static":
             logits = self._run("model", feeds)["logits"]
             full = np.full(batch, layers)
-            return RuntimeOutput(logits, full.astype(np.float32), full)
+            return RuntimeOutput(logits, full.astype(np.float32), full, np.ones((batch, layers), dtype=bool))
         if batch == 1 and self._one_call:  # a lone example: one call, the routing inside the graph
             out = self._run(self._one_call, feeds)
-            return RuntimeOutput(out["logits"], out["layers_executed"], out["exit_layer"])
+            return RuntimeOutput(out["logits"], out["layers_executed"], out["exit_layer"], out.get("layer_mask"))
         return self._routed(feeds, batch, layers)
 
     def _routed(self, feeds: dict[str, np.ndarray], batch: int, layers: int) -> RuntimeOutput:
@@ -144,7 +145,7 @@ class OnnxClassifier:
         pending = np.zeros((batch, layers, 2), dtype=np.float32)
         head = self._take_gates(pending, slice(None), embedded, -1) if gates and not fused else None
         logits = None
-        executed = np.zeros(batch, dtype=np.float32)
+        ran = np.zeros((batch, layers), dtype=bool)
         exit_layer = np.full(batch, layers)
         state = ({k: v.numpy() for k, v in self.exit_rule.init_state(batch, torch.device("cpu")).items()}
                  if self.exit_rule is not None else {})
@@ -155,7 +156,7 @@ class OnnxClassifier:
                                   {"hidden": hidden, "attention_mask": mask, "position_bias": bias})
                 hidden = after.pop("out")
                 bias = after.pop("position_bias", bias)
-                executed[rows] += 1
+                ran[rows, i] = True
                 if gates:
                     head = self._take_gates(pending, slice(None), after, i)
             elif not opened.any():  # every row skips layer i: states, gates and head logits stay
@@ -163,7 +164,7 @@ class OnnxClassifier:
                          if f"after_{i}.onnx" in self._graphs else {})
             else:
                 hidden, after = self._partial_layer(i, hidden, mask, bias, opened, pending, head)
-                executed[rows[opened]] += 1
+                ran[rows[opened], i] = True
             if i == layers - 1:
                 logits = _place(logits, rows, head if gates else after["logits"], batch)
             elif i in exits:
@@ -176,7 +177,7 @@ class OnnxClassifier:
                     head = head[keep] if gates else None
                     if not rows.size:
                         break
-        return RuntimeOutput(logits, executed, exit_layer)
+        return RuntimeOutput(logits, ran.sum(1).astype(np.float32), exit_layer, ran)
 
     def _take_gates(self, pending: np.ndarray, which: np.ndarray | slice, out: dict[str, np.ndarray], index: int
                     ) -> np.ndarray:

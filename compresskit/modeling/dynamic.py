@@ -68,6 +68,10 @@ class ExitRule(nn.Module):
     layer output the exit head read: [CLS] state or token mean, per the model's exit_head spec).
     """
 
+    # True when `decide` depends on earlier layers' scores through `state` (a patience count): a
+    # decision is then only as clear as the least clear score it has seen
+    remembers: bool = False
+
     def __init__(self, num_layers: int, hidden_size: int):
         super().__init__()
         self.num_layers = num_layers
@@ -77,6 +81,17 @@ class ExitRule(nn.Module):
 
     def score(self, layer: int, logits: torch.Tensor, summary: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    def margin(self, layer: int, logits: torch.Tensor, score: torch.Tensor) -> torch.Tensor:
+        """How far each row's decision is from going the other way (>= 0), in the units of its score.
+
+        Two runtimes that compute the same function up to rounding can decide a row differently only
+        when this is within their rounding: that is how an export check tells a near-tie from a bug.
+        """
+        threshold = getattr(self, "threshold", None)
+        if threshold is None:
+            raise NotImplementedError(f"exit rule {type(self).__name__} must define margin()")
+        return (score - threshold).abs()
 
     def decide(self, layer: int, score: torch.Tensor, rows: torch.Tensor,
                state: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -148,6 +163,14 @@ class PatienceRule(ExitRule):
     def score(self, layer, logits, summary):
         return logits.argmax(-1).to(logits.dtype)  # the prediction, as a float to travel with the others
 
+    remembers = True
+
+    def margin(self, layer, logits, score):
+        if logits.shape[-1] < 2:
+            return torch.full_like(score, math.inf)
+        top = logits.topk(2, dim=-1).values
+        return top[..., 0] - top[..., 1]  # the argmax's lead: how far the prediction is from changing
+
     def decide(self, layer, score, rows, state):
         count = (state["count"][rows] + 1) * (score == state["last"][rows])  # reset when the argmax changes
         state["count"][rows] = count
@@ -170,6 +193,8 @@ class PatienceConfidenceRule(ExitRule):
     def score(self, layer, logits, summary):
         return entropy(logits, normalized=True)
 
+    remembers = True
+
     def decide(self, layer, score, rows, state):
         count = (state["count"][rows] + 1) * (score < self.threshold)  # reset when not confident
         state["count"][rows] = count
@@ -186,6 +211,9 @@ class BudgetRule(ExitRule):
 
     def score(self, layer, logits, summary):
         return torch.zeros_like(logits[:, 0])  # the depth alone decides
+
+    def margin(self, layer, logits, score):
+        return torch.full_like(score, math.inf)  # no score involved: never a near-tie
 
     def decide(self, layer, score, rows, state):
         every = score == score  # all True (scores are zeros), as the caller's array type

@@ -50,6 +50,22 @@ class CompressedOutput(ModelOutput):
     layers_executed: torch.Tensor | None = None  # (batch,) transformer layers run per example
     layer_mask: torch.Tensor | None = None  # (batch, layers) bool: which layers ran for each example
     exit_layer: torch.Tensor | None = None  # (batch,) 1-based layer each example left after
+    # with a forced `route`: per example, how clear the first decision was that this model would have
+    # taken differently (inf: none); see `Route`
+    route_margin: torch.Tensor | None = None
+
+
+@dataclass
+class Route:
+    """A route to follow instead of deciding: which layers run for each example, when it leaves.
+
+    Another runtime's route (an ONNX export's) replayed in PyTorch: the logits then compare like
+    for like, and `route_margin` says whether each decision PyTorch would have taken differently
+    was a near-tie (a margin within rounding) or a real disagreement.
+    """
+
+    layer_mask: torch.Tensor  # (batch, layers) bool
+    exit_layer: torch.Tensor  # (batch,) 1-based; the number of layers for examples that never exit
 
 
 class CompressedModelForSequenceClassification(PreTrainedModel):
@@ -112,7 +128,8 @@ class CompressedModelForSequenceClassification(PreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: Any, *args: Any, **kwargs: Any):
-        """Loads a compressed checkpoint, or a stock BERT/RoBERTa/MPNet one (wrapped)."""
+        """Loads a compressed checkpoint, or a stock BERT/RoBERTa/MPNet one (wrapped). Safetensors only."""
+        kwargs.setdefault("use_safetensors", True)  # never unpickle: a pickle can run code when loaded
         config = kwargs.get("config") or AutoConfig.from_pretrained(pretrained_model_name_or_path)
         if config.model_type == CompressedConfig.model_type:
             return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
@@ -153,6 +170,7 @@ class CompressedModelForSequenceClassification(PreTrainedModel):
         output_attentions: bool = False,
         output_attention_scores: bool = False,
         dynamic: bool | None = None,
+        route: Route | None = None,
         **unused: Any,
     ) -> CompressedOutput:
         if attention_mask is None:
@@ -162,8 +180,8 @@ class CompressedModelForSequenceClassification(PreTrainedModel):
         bias = self.adapter.position_bias(self.backbone, hidden)
         if dynamic is None:
             dynamic = not self.training and self.is_dynamic
-        if dynamic:
-            out = self._routed_forward(hidden, attention_mask, additive, bias)
+        if dynamic or route is not None:
+            out = self._routed_forward(hidden, attention_mask, additive, bias, route)
         else:
             out = self._full_forward(hidden, attention_mask, additive, bias, output_hidden_states,
                                      output_attentions, output_attention_scores)
@@ -243,8 +261,8 @@ class CompressedModelForSequenceClassification(PreTrainedModel):
         out["scores"] = q @ k.transpose(-1, -2) / math.sqrt(size)
 
     @torch.no_grad()
-    def _routed_forward(self, hidden, mask, additive, bias):
-        """Inference that skips work: each layer runs only on the rows that need it."""
+    def _routed_forward(self, hidden, mask, additive, bias, route: Route | None = None):
+        """Inference that skips work: each layer runs only on the rows that need it (or on `route`)."""
         batch, device = hidden.shape[0], hidden.device
         hidden = hidden.clone()
         active = torch.arange(batch, device=device)  # examples that have not exited
@@ -252,19 +270,28 @@ class CompressedModelForSequenceClassification(PreTrainedModel):
         layer_mask = torch.zeros(batch, self.num_layers, dtype=torch.bool, device=device)
         exit_layer = torch.full((batch,), self.num_layers, device=device)
         state = self.exit_rule.init_state(batch, device) if self.exit_rule is not None else {}
+        margins = _Margins(batch, device) if route is not None else None
         last = self.num_layers - 1
         for i, layer in enumerate(self.layers):
             rows = active
             if str(i) in self.gates:
                 gate_logits = self.gates[str(i)](hidden[rows], mask[rows])
-                rows = rows[gate_logits[:, 1] > gate_logits[:, 0]]
+                opens = gate_logits[:, 1] > gate_logits[:, 0]
+                if margins is not None:
+                    opens = margins.follow(rows, opens, route.layer_mask[rows, i],
+                                           (gate_logits[:, 1] - gate_logits[:, 0]).abs())
+                rows = rows[opens]
             if rows.numel():
                 hidden[rows], _ = self.adapter.run_layer(layer, hidden[rows], additive[rows], bias, False)
                 layer_mask[rows, i] = True
             if i < last and str(i) in self.exit_heads and self.exit_rule is not None:
                 summary = self.exit_summary(hidden[active], mask[active])
                 exit_logits = self.exit_heads[str(i)](summary)
-                leave = self.exit_rule.should_exit(i, exit_logits, summary, active, state)
+                score = self.exit_rule.score(i, exit_logits, summary)
+                leave = self.exit_rule.decide(i, score, active, state)
+                if margins is not None:
+                    margin = margins.exit_margin(active, self.exit_rule, i, exit_logits, score)
+                    leave = margins.follow(active, leave, route.exit_layer[active] == i + 1, margin)
                 logits_out[active[leave]] = exit_logits[leave]
                 exit_layer[active[leave]] = i + 1
                 active = active[~leave]
@@ -273,7 +300,29 @@ class CompressedModelForSequenceClassification(PreTrainedModel):
         if active.numel():
             logits_out[active] = self.adapter.head(self.backbone, hidden[active])
         return CompressedOutput(logits=logits_out, layers_executed=layer_mask.sum(1).to(hidden.dtype),
-                                layer_mask=layer_mask, exit_layer=exit_layer)
+                                layer_mask=layer_mask, exit_layer=exit_layer,
+                                route_margin=margins.first if margins is not None else None)
+
+
+class _Margins:
+    """Bookkeeping of a forced route: per example, the margin of the first decision that differs."""
+
+    def __init__(self, batch: int, device: torch.device):
+        self.first = torch.full((batch,), math.inf, device=device)
+        self.seen = torch.full((batch,), math.inf, device=device)  # least clear exit score so far
+
+    def exit_margin(self, rows, rule, layer, logits, score) -> torch.Tensor:
+        margin = rule.margin(layer, logits, score).to(self.first.dtype)
+        if rule.remembers:  # the decision rests on every score so far
+            self.seen[rows] = torch.minimum(self.seen[rows], margin)
+            return self.seen[rows]
+        return margin
+
+    def follow(self, rows, own, forced, margin) -> torch.Tensor:
+        """The forced decision for `rows`; records `margin` where `own` differs for the first time."""
+        new = (own != forced) & torch.isinf(self.first[rows])
+        self.first[rows[new]] = margin[new]
+        return forced
 
 
 def register_auto_classes() -> None:

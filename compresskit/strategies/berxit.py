@@ -10,12 +10,13 @@ from torch.nn import functional as F
 
 from compresskit.evaluation.evaluate import MODEL_INPUTS
 from compresskit.pipeline import PipelineState, StageContext
-from compresskit.registry import StageConfig, Strategy, register_strategy
+from compresskit.registry import ModelShape, PlanContext, StageConfig, Strategy, register_strategy
 from compresskit.training.early_exit import (
     CalibrationConfig,
     ExitHeadsConfig,
     calibrate,
     layer_weighted_loss,
+    plan_exit_heads,
     split_for_calibration,
     with_exit_heads,
 )
@@ -50,6 +51,9 @@ class BERxiTStrategy(Strategy):
     name = "berxit"
     kind = "dynamic"
     Config: ClassVar[type[StageConfig]] = BERxiTConfig
+
+    def plan(self, shape: ModelShape, ctx: PlanContext) -> ModelShape:
+        return plan_exit_heads(self.name, self.config, shape, ctx)
 
     def apply(self, state: PipelineState, ctx: StageContext) -> PipelineState:
         cfg: BERxiTConfig = self.config  # type: ignore[assignment]

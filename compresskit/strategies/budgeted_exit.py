@@ -9,7 +9,7 @@ from pydantic import Field
 from compresskit.errors import CompressKitError
 from compresskit.modeling.model import select_layers
 from compresskit.pipeline import PipelineState, StageContext
-from compresskit.registry import StageConfig, Strategy, register_strategy
+from compresskit.registry import ModelShape, PlanContext, StageConfig, Strategy, register_strategy
 from compresskit.training.trainer import TrainingConfig, train
 
 
@@ -33,6 +33,12 @@ class BudgetedExitStrategy(Strategy):
     name = "budgeted_exit"
     kind = "static"
     Config: ClassVar[type[StageConfig]] = BudgetedExitConfig
+
+    def plan(self, shape: ModelShape, ctx: PlanContext) -> ModelShape:
+        if self.config.k > shape.num_layers:
+            ctx.problem("k", f"k={self.config.k} exceeds the {shape.num_layers} layers of the model this stage "
+                             "receives")
+        return shape.with_layers(min(self.config.k, shape.num_layers))
 
     def apply(self, state: PipelineState, ctx: StageContext) -> PipelineState:
         cfg: BudgetedExitConfig = self.config  # type: ignore[assignment]

@@ -36,18 +36,19 @@ from tqdm.auto import tqdm
 
 from compresskit.evaluation.evaluate import MODEL_INPUTS
 from compresskit.pipeline import PipelineState, StageContext
-from compresskit.registry import StageConfig, Strategy, register_strategy
+from compresskit.registry import ModelShape, PlanContext, StageConfig, Strategy, register_strategy
 from compresskit.training.early_exit import (
     CalibrationConfig,
     ExitHeadsConfig,
     all_exit_logits,
     choose_setting,
     layer_weighted_loss,
+    plan_exit_heads,
     replayed_metrics,
     split_for_calibration,
     with_exit_heads,
 )
-from compresskit.training.trainer import TrainingConfig, train, unwrap
+from compresskit.training.trainer import TrainingConfig, require_finite, train, unwrap
 
 
 class ConsistentEEConfig(StageConfig, ExitHeadsConfig):
@@ -93,6 +94,9 @@ class ConsistentEEStrategy(Strategy):
     name = "consistentee"
     kind = "dynamic"
     Config: ClassVar[type[StageConfig]] = ConsistentEEConfig
+
+    def plan(self, shape: ModelShape, ctx: PlanContext) -> ModelShape:
+        return plan_exit_heads(self.name, self.config, shape, ctx)
 
     def apply(self, state: PipelineState, ctx: StageContext) -> PipelineState:
         cfg: ConsistentEEConfig = self.config  # type: ignore[assignment]
@@ -166,6 +170,7 @@ def fit_policies(rule, states: LayerStates, cfg: ConsistentEEConfig, alpha: floa
         loss = policy_gradient_loss(exit_prob, states.layer_ce[rows], states.memorized[rows], alpha, cfg.rollouts,
                                     cfg.epsilon, cfg.reward == "hardness", generator)
         optimizer.zero_grad()
+        require_finite(loss, f"{desc} step {step + 1}")
         loss.backward()
         optimizer.step()
         total += loss.item()

@@ -30,7 +30,7 @@ from torch.nn import functional as F
 from compresskit.evaluation.evaluate import MODEL_INPUTS, count_parameters, flops_per_example, loader
 from compresskit.modeling.model import CompressedModelForSequenceClassification
 from compresskit.pipeline import PipelineState, StageContext
-from compresskit.registry import StageConfig, Strategy, register_strategy
+from compresskit.registry import ModelShape, PlanContext, StageConfig, Strategy, register_strategy
 from compresskit.strategies.structured_prune import StructuredPruneConfig, prune
 from compresskit.training.distillation import token_mse
 from compresskit.training.early_exit import (
@@ -38,6 +38,7 @@ from compresskit.training.early_exit import (
     ExitHeadsConfig,
     all_exit_logits,
     calibrate,
+    plan_exit_heads,
     replayed_metrics,
     split_for_calibration,
     with_exit_heads,
@@ -88,6 +89,12 @@ class CostEffStrategy(Strategy):
     name = "cost_eff"
     kind = "dynamic"
     Config: ClassVar[type[StageConfig]] = CostEffConfig
+
+    def plan(self, shape: ModelShape, ctx: PlanContext) -> ModelShape:
+        if shape.model_type == "mpnet" and self.config.head_ratio > 0:
+            ctx.problem("head_ratio", "MPNet shares one relative-position bias across layers, so its heads cannot be "
+                                      "pruned layer by layer; set head_ratio: 0 (FFN only) or distil into BERT first")
+        return plan_exit_heads(self.name, self.config, shape, ctx)
 
     def apply(self, state: PipelineState, ctx: StageContext) -> PipelineState:
         cfg: CostEffConfig = self.config  # type: ignore[assignment]

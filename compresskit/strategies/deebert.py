@@ -9,12 +9,13 @@ from pydantic import Field
 
 from compresskit.evaluation.evaluate import MODEL_INPUTS
 from compresskit.pipeline import PipelineState, StageContext
-from compresskit.registry import StageConfig, Strategy, register_strategy
+from compresskit.registry import ModelShape, PlanContext, StageConfig, Strategy, register_strategy
 from compresskit.training.early_exit import (
     CalibrationConfig,
     ExitHeadsConfig,
     calibrate,
     layer_weighted_loss,
+    plan_exit_heads,
     split_for_calibration,
     with_exit_heads,
 )
@@ -47,6 +48,9 @@ class DeeBERTStrategy(Strategy):
     name = "deebert"
     kind = "dynamic"
     Config: ClassVar[type[StageConfig]] = DeeBERTConfig
+
+    def plan(self, shape: ModelShape, ctx: PlanContext) -> ModelShape:
+        return plan_exit_heads(self.name, self.config, shape, ctx)
 
     def apply(self, state: PipelineState, ctx: StageContext) -> PipelineState:
         cfg: DeeBERTConfig = self.config  # type: ignore[assignment]

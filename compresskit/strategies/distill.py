@@ -23,7 +23,7 @@ from compresskit.evaluation.evaluate import MODEL_INPUTS, loader
 from compresskit.modeling.loading import load_model
 from compresskit.modeling.model import CompressedModelForSequenceClassification, select_layers
 from compresskit.pipeline import PipelineState, StageContext
-from compresskit.registry import StageConfig, Strategy, register_strategy
+from compresskit.registry import ModelShape, PlanContext, StageConfig, Strategy, register_strategy
 from compresskit.training.augment import WordNeighbours, augment_dataset
 from compresskit.training.collate import TEACHER_PREFIX, TeacherStudentCollator
 from compresskit.training.distillation import attention_mse, token_mse
@@ -96,13 +96,41 @@ class DistillStrategy(Strategy):
             return [("teacher", f"no earlier stage named {teacher!r}; earlier stages: {stage_names[:index]}")]
         return []
 
+    def reads(self) -> list[str]:
+        return [self.config.student] if self.config.student is not None else []
+
+    def plan(self, shape: ModelShape, ctx: PlanContext) -> ModelShape:
+        cfg: DistillConfig = self.config  # type: ignore[assignment]
+        teacher = ctx.shapes.get(cfg.teacher, shape) if cfg.teacher is not None else shape
+        student: ModelShape | None = shape
+        if cfg.student is not None:
+            student = ctx.read_shape(cfg.student, "student")
+        elif cfg.student_layers is not None:
+            bad = [i for i in cfg.student_layers if not 0 <= i < teacher.num_layers]
+            if bad:
+                ctx.problem("student_layers", f"{bad}: the teacher has layers 0..{teacher.num_layers - 1}")
+            elif len(set(cfg.student_layers)) != len(cfg.student_layers) or not cfg.student_layers:
+                ctx.problem("student_layers", f"{cfg.student_layers}: give distinct teacher layers, at least one")
+            student = teacher.with_layers(len(cfg.student_layers))
+        if student is None:
+            return shape  # the student could not be read: that problem is reported already
+        if cfg.layer_map is not None and (len(cfg.layer_map) != student.num_layers
+                                          or not all(1 <= t <= teacher.num_layers for t in cfg.layer_map)):
+            ctx.problem("layer_map", f"{cfg.layer_map}: need one teacher layer (1..{teacher.num_layers}) for each "
+                                     f"of the student's {student.num_layers} layers")
+        if cfg.intermediate_epochs > 0 and cfg.alpha_attention > 0 and student.num_heads != teacher.num_heads:
+            ctx.problem("alpha_attention", f"attention distillation compares head by head, but the student has "
+                                           f"{student.num_heads} heads and the teacher {teacher.num_heads}; set "
+                                           "alpha_attention: 0")
+        return student
+
     def apply(self, state: PipelineState, ctx: StageContext) -> PipelineState:
         cfg: DistillConfig = self.config  # type: ignore[assignment]
         teacher = state.model if cfg.teacher is None else ctx.load_model(cfg.teacher)
         teacher_tokenizer = state.tokenizer if cfg.teacher is None else _tokenizer(ctx.model_path(cfg.teacher))
         teacher = teacher.eval().requires_grad_(False)
         if cfg.student is not None:
-            student, student_tokenizer = load_model(cfg.student, state.task)
+            student, student_tokenizer = load_model(cfg.student, state.task, seed=ctx.seed)
         elif cfg.student_layers is not None:
             student, student_tokenizer = select_layers(teacher, cfg.student_layers), teacher_tokenizer
             student.requires_grad_(True)

@@ -16,6 +16,7 @@ import logging
 import math
 import os
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -28,7 +29,7 @@ from compresskit.evaluation.evaluate import MODEL_INPUTS, layer_usage, plot_laye
 from compresskit.modeling.config import GateSpec
 from compresskit.modeling.model import CompressedModelForSequenceClassification, restructure
 from compresskit.pipeline import PipelineState, StageContext
-from compresskit.registry import StageConfig, Strategy, register_strategy
+from compresskit.registry import ModelShape, PlanContext, StageConfig, Strategy, register_strategy
 from compresskit.training.distillation import attention_mse, prediction_kl, token_mse
 from compresskit.training.estimators import ESTIMATORS
 from compresskit.training.trainer import TrainingConfig, train
@@ -87,6 +88,12 @@ class HadSkipStrategy(Strategy):
     name = "hadskip"
     kind = "dynamic"
     Config: ClassVar[type[StageConfig]] = HadSkipConfig
+
+    def plan(self, shape: ModelShape, ctx: PlanContext) -> ModelShape:
+        if self.config.budget is not None and self.config.budget > shape.num_layers:
+            ctx.problem("budget", f"{self.config.budget:g} layers exceeds the {shape.num_layers} layers of the model "
+                                  "this stage receives (or use budget_fraction)")
+        return replace(shape, dynamic=True)
 
     def apply(self, state: PipelineState, ctx: StageContext) -> PipelineState:
         cfg: HadSkipConfig = self.config  # type: ignore[assignment]

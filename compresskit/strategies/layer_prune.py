@@ -25,9 +25,10 @@ from pydantic import Field, model_validator
 
 from compresskit.errors import CompressKitError
 from compresskit.evaluation.evaluate import evaluate
+from compresskit.files import write_json
 from compresskit.modeling.model import CompressedModelForSequenceClassification, select_layers
-from compresskit.pipeline import PipelineState, StageContext, write_json
-from compresskit.registry import StageConfig, Strategy, register_strategy
+from compresskit.pipeline import PipelineState, StageContext
+from compresskit.registry import ModelShape, PlanContext, StageConfig, Strategy, register_strategy
 from compresskit.training.trainer import TrainingConfig, train
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,23 @@ class LayerPruneStrategy(Strategy):
     name = "layer_prune"
     kind = "static"
     Config: ClassVar[type[StageConfig]] = LayerPruneConfig
+
+    def plan(self, shape: ModelShape, ctx: PlanContext) -> ModelShape:
+        cfg: LayerPruneConfig = self.config  # type: ignore[assignment]
+        layers = shape.num_layers
+        if cfg.method == "explicit":
+            bad = [i for i in cfg.layers or [] if not 0 <= i < layers]
+            if bad:
+                ctx.problem("layers", f"{bad}: the model this stage receives has layers 0..{layers - 1}")
+            if len(set(cfg.layers or [])) != len(cfg.layers or []):
+                ctx.problem("layers", f"{cfg.layers} names a layer twice")
+            if not bad and len(set(cfg.layers or [])) >= layers:
+                ctx.problem("layers", f"would drop all {layers} layers; keep at least one")
+            return shape.with_layers(max(1, layers - len(set(cfg.layers or []))))
+        if cfg.target_layers is not None and cfg.target_layers > layers:
+            ctx.problem("target_layers", f"{cfg.target_layers} exceeds the {layers} layers of the model this stage "
+                                         "receives")
+        return shape.with_layers(min(cfg.target_layers or layers, layers))
 
     def apply(self, state: PipelineState, ctx: StageContext) -> PipelineState:
         cfg: LayerPruneConfig = self.config  # type: ignore[assignment]

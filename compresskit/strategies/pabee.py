@@ -8,12 +8,13 @@ from pydantic import Field
 
 from compresskit.evaluation.evaluate import MODEL_INPUTS
 from compresskit.pipeline import PipelineState, StageContext
-from compresskit.registry import StageConfig, Strategy, register_strategy
+from compresskit.registry import ModelShape, PlanContext, StageConfig, Strategy, register_strategy
 from compresskit.training.early_exit import (
     CalibrationConfig,
     ExitHeadsConfig,
     calibrate,
     layer_weighted_loss,
+    plan_exit_heads,
     split_for_calibration,
     with_exit_heads,
 )
@@ -63,6 +64,9 @@ class PABEEStrategy(Strategy):
     name = "pabee"
     kind = "dynamic"
     Config: ClassVar[type[StageConfig]] = PABEEConfig
+
+    def plan(self, shape: ModelShape, ctx: PlanContext) -> ModelShape:
+        return plan_exit_heads(self.name, self.config, shape, ctx)
 
     def apply(self, state: PipelineState, ctx: StageContext) -> PipelineState:
         model, heldout, result = train_jointly(state, ctx, self.config, {"name": "patience", "patience": 1})

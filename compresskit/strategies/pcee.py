@@ -7,9 +7,9 @@ from typing import ClassVar
 from pydantic import Field
 
 from compresskit.pipeline import PipelineState, StageContext
-from compresskit.registry import StageConfig, Strategy, register_strategy
+from compresskit.registry import ModelShape, PlanContext, StageConfig, Strategy, register_strategy
 from compresskit.strategies.pabee import PABEEConfig, train_jointly
-from compresskit.training.early_exit import calibrate
+from compresskit.training.early_exit import calibrate, plan_exit_heads
 
 
 class PCEEConfig(PABEEConfig):
@@ -33,6 +33,9 @@ class PCEEStrategy(Strategy):
     name = "pcee"
     kind = "dynamic"
     Config: ClassVar[type[StageConfig]] = PCEEConfig
+
+    def plan(self, shape: ModelShape, ctx: PlanContext) -> ModelShape:
+        return plan_exit_heads(self.name, self.config, shape, ctx)
 
     def apply(self, state: PipelineState, ctx: StageContext) -> PipelineState:
         cfg: PCEEConfig = self.config  # type: ignore[assignment]

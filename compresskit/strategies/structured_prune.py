@@ -26,7 +26,7 @@ from compresskit.errors import CompressKitError
 from compresskit.evaluation.evaluate import MODEL_INPUTS, count_parameters, loader
 from compresskit.modeling.model import CompressedModelForSequenceClassification
 from compresskit.pipeline import PipelineState, StageContext
-from compresskit.registry import StageConfig, Strategy, register_strategy
+from compresskit.registry import ModelShape, PlanContext, StageConfig, Strategy, register_strategy
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,12 @@ class StructuredPruneStrategy(Strategy):
     name = "structured_prune"
     kind = "static"
     Config: ClassVar[type[StageConfig]] = StructuredPruneConfig
+
+    def plan(self, shape: ModelShape, ctx: PlanContext) -> ModelShape:
+        if shape.model_type == "mpnet" and self.config.head_ratio > 0:
+            ctx.problem("head_ratio", "MPNet shares one relative-position bias across layers, so its heads cannot be "
+                                      "pruned layer by layer; set head_ratio: 0 (FFN only) or distil into BERT first")
+        return shape
 
     def apply(self, state: PipelineState, ctx: StageContext) -> PipelineState:
         cfg: StructuredPruneConfig = self.config  # type: ignore[assignment]

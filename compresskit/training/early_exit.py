@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any, Literal
 
 import datasets
@@ -19,12 +20,15 @@ from torch.nn import functional as F
 from compresskit.errors import CompressKitError
 from compresskit.evaluation.evaluate import MODEL_INPUTS, loader
 from compresskit.modeling.model import CompressedModelForSequenceClassification, restructure
+from compresskit.registry import ModelShape, PlanContext
 
 ExitPooling = Literal["cls", "mean"]
 
 
 class ExitHeadsConfig(BaseModel):
     """Recipe key shared by the strategies that add exit heads."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     exit_pooling: ExitPooling = Field(
         "cls", description="what each exit head (and a learned exit rule) reads of its layer: the [CLS] state "
@@ -35,7 +39,7 @@ class ExitHeadsConfig(BaseModel):
 class CalibrationConfig(BaseModel):
     """How an exit threshold is chosen on held-out training rows (never the evaluation split)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     fraction: float = Field(0.1, gt=0, lt=1, description="share of the train split held out for calibration")
     target_layers: float | None = Field(None, gt=0, description="pick the setting closest to this average depth")
@@ -51,6 +55,21 @@ class CalibrationConfig(BaseModel):
             # so that `calibration: {fraction: 0.2}` keeps the default goal instead of failing
             self.max_accuracy_drop = 0.01
         return self
+
+
+def plan_exit_heads(strategy: str, cfg: Any, shape: ModelShape, ctx: PlanContext) -> ModelShape:
+    """Validation shared by the strategies that put an exit head after every layer but the last."""
+    if shape.num_layers < 2:
+        ctx.problem("", f"{strategy} puts exits after the layers before the last: it needs at least 2 layers, "
+                        f"the model it receives has {shape.num_layers}")
+    if ctx.task.is_regression:
+        ctx.problem("", f"{strategy} decides exits from class predictions and calibrates on accuracy; the task "
+                        "is a regression (num_labels: 1). Use hadskip, budgeted_exit or a static strategy")
+    target = getattr(getattr(cfg, "calibration", None), "target_layers", None)
+    if target is not None and target > shape.num_layers:
+        ctx.problem("calibration.target_layers", f"{target:g} exceeds the {shape.num_layers} layers of the model "
+                                                 "this stage receives")
+    return replace(shape, dynamic=True)
 
 
 def with_exit_heads(model: CompressedModelForSequenceClassification, rule: dict[str, Any],

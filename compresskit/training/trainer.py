@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase, get_linear_schedule_with_warmup
 
 from compresskit.data.tasks import TaskSpec
+from compresskit.errors import TrainingError
 from compresskit.evaluation.evaluate import MODEL_INPUTS, evaluate, loader
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,7 @@ Parameters = Iterable[torch.nn.Parameter] | list[dict[str, Any]]
 class TrainingConfig(BaseModel):
     """Optimisation settings shared by every training stage."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     epochs: float = Field(3.0, gt=0, description="passes over the training split (fractions allowed)")
     learning_rate: float = Field(5e-5, gt=0)
@@ -73,6 +74,13 @@ def _param_groups(model: torch.nn.Module, parameters: Parameters | None, config:
         out.append({**extra, "params": [p for p in params if p.ndim >= 2], "weight_decay": config.weight_decay})
         out.append({**extra, "params": [p for p in params if p.ndim < 2], "weight_decay": 0.0})
     return [g for g in out if g["params"]]
+
+
+def require_finite(loss: torch.Tensor, where: str) -> None:
+    """Stop a stage whose loss went NaN or infinite: what it trained is worthless, and nothing is kept."""
+    if not torch.isfinite(loss.detach()).all():
+        raise TrainingError(f"{where}: the loss is {loss.detach().float().sum().item()}; training has diverged. "
+                            "Lower the learning rate (or check the data); nothing of this stage was kept")
 
 
 def default_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -117,6 +125,7 @@ def train(
         for batch in bar:
             with accelerator.accumulate(wrapped):
                 loss = loss_fn(wrapped, batch)
+                require_finite(loss, f"{desc} epoch {epoch + 1}, step {step + 1}")
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(params, config.max_grad_norm)
