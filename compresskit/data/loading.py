@@ -22,20 +22,42 @@ FILE_BUILDERS = {".csv": "csv", ".tsv": "csv", ".jsonl": "json", ".json": "json"
 
 
 def resolve_task(task: str | TaskSpec | dict[str, Any]) -> TaskSpec:
+    """A known task's spec, a task mapping's, or that of a YAML/JSON file holding one (`--task mine.yaml`)."""
     if isinstance(task, TaskSpec):
         return task
     if isinstance(task, dict):
         return TaskSpec.model_validate(task)
     if task in KNOWN_TASKS:
         return KNOWN_TASKS[task]
+    if Path(task).suffix.lower() in (".yaml", ".yml", ".json"):
+        return _task_file(Path(task))
     import difflib
 
     close = difflib.get_close_matches(task, list(KNOWN_TASKS), n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""
     raise DataError(
         f"unknown task {task!r}.{hint} Known tasks: {', '.join(KNOWN_TASKS)}; "
-        "or describe your own with a mapping (name, source, data_files, text_fields, num_labels)."
+        "or describe your own with a mapping (name, source, data_files, text_fields, num_labels), in a recipe "
+        "or in a YAML file given instead of the name."
     )
+
+
+def _task_file(path: Path) -> TaskSpec:
+    from pydantic import ValidationError
+
+    from compresskit.yamlfile import load_yaml
+
+    raw = load_yaml(path)  # a RecipeError (located) for a file that is not clean YAML
+    if isinstance(raw, dict) and isinstance(raw.get("task"), dict):
+        raw = raw["task"]  # a recipe file names its task under `task:`
+    if not isinstance(raw, dict):
+        raise DataError(f"task file {path}: expected a task mapping (name, source, data_files, text_fields, "
+                        "num_labels)")
+    try:  # data_files relative to the current directory, as in a recipe
+        return TaskSpec.model_validate(raw)
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'task'}: {e['msg']}" for e in err.errors())
+        raise DataError(f"task file {path}: {problems}") from None
 
 
 def _source(task: TaskSpec, split: str) -> str:

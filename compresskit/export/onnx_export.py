@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ from compresskit.export.agreement import agreement, agreement_one_at_a_time
 from compresskit.export.one_call import export_one_call
 from compresskit.export.onnx_config import ONNX_OPSET, CompressKitOnnxConfig, input_names
 from compresskit.export.pieces import Embeddings, ExitHead, GateLogits, Head, LayerStep
+from compresskit.files import partial_dir
 from compresskit.modeling.model import CompressedModelForSequenceClassification
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ def export_model(model: CompressedModelForSequenceClassification, tokenizer: Any
         raise CompressKitError(f"export: {output} exists; choose another --output or remove it")
     model = model.eval()
     output.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
+    work = partial_dir(output)  # also removes what a killed export left
     try:
         if model.is_dynamic:
             manifest = _export_parts(model, work)
