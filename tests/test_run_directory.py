@@ -114,7 +114,7 @@ def test_replacing_the_input_model_at_the_same_path_reruns_every_stage(tiny_reci
     make_model_dir(model_dir, seed=1)  # other weights, same path, same file names and sizes
     run(recipe, run_dir)
     assert stage_written(run_dir, "00-teacher") != written
-    assert (run_dir / "run.log").read_text().count("stage 1/2 'teacher' started") == 2  # trained again
+    assert (run_dir / "run.log").read_text().count("stage 1/2 'teacher' (finetune) started") == 2  # trained again
     assert (run_dir / "stages" / "00-teacher" / "model" / "model.safetensors").read_bytes() != trained
 
 
