@@ -15,7 +15,7 @@ from typing import Any
 
 from transformers import AutoConfig
 
-from compresskit.data.loading import load_splits, resolve_task
+from compresskit.data.loading import check_split_names, load_splits, resolve_task
 from compresskit.data.tasks import TaskSpec
 from compresskit.errors import CompressKitError, RecipeError
 from compresskit.modeling.config import SUPPORTED_BACKBONES, CompressedConfig
@@ -64,14 +64,19 @@ def check_inputs(resolved: ResolvedRecipe, source: str | None = None) -> list[tu
     recipe = resolved.recipe
     problems: list[tuple[str, str]] = []
     task = resolve_task(recipe.task)
-    splits = list(dict.fromkeys(["train", recipe.evaluation.split, *recipe.evaluation.final_splits]))
-    for split in splits:  # one at a time, so that every broken split is reported
+    wanted = {"train": "task", recipe.evaluation.split: "evaluation.split"}
+    wanted.update({s: "evaluation.final_splits" for s in recipe.evaluation.final_splits if s not in wanted})
+    for split, setting in wanted.items():  # one at a time, so that every broken split is reported
+        try:
+            check_split_names(task, [split])
+        except CompressKitError as err:
+            problems.append((setting, str(err)))
+            continue
         try:
             load_splits(task, [split])
         except CompressKitError as err:
-            where = "evaluation.split" if split == recipe.evaluation.split and split != "train" else (
-                "evaluation.final_splits" if split != "train" else "task")
-            problems.append((where, str(err)))
+            name = task.splits.get(split, split)
+            problems.append((f"task.data_files.{name}" if task.source == "files" else "task", str(err)))
     shapes: dict[str, ModelShape] = {}
 
     def read_shape(name: str, where: str) -> ModelShape | None:

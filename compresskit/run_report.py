@@ -19,7 +19,11 @@ def load_run(run_dir: Path) -> dict[str, Any]:
     path = run_dir / "report.json"
     if not path.exists():
         raise CompressKitError(f"report: {run_dir} has no report.json (is it a finished `compresskit apply` run?)")
-    return json.loads(path.read_text())
+    try:
+        return json.loads(path.read_text())
+    except (UnicodeDecodeError, ValueError):
+        raise CompressKitError(f"report: {path} is not a report compresskit wrote (not JSON); rerun `compresskit "
+                               "apply` on the recipe to write it again") from None
 
 
 def stage_dirs(run_dir: Path) -> dict[str, Path]:

@@ -94,16 +94,19 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return make_model_dir(tmp_path_factory.mktemp("tiny-bert"))
 
 
-@pytest.fixture(scope="session")
-def tiny_encoder_dir(tmp_path_factory) -> Path:
+def make_encoder_dir(directory: Path, backbone: str = "bert", seed: int = 1) -> Path:
     """An encoder without a classification head (as the packaged ones are): loading draws a fresh head."""
     from transformers import AutoModel
 
-    directory = tmp_path_factory.mktemp("tiny-encoder")
-    torch.manual_seed(1)
-    AutoModel.from_config(CONFIGS["bert"]()).save_pretrained(directory)
+    torch.manual_seed(seed)
+    AutoModel.from_config(CONFIGS[backbone]()).save_pretrained(directory)
     make_tokenizer(directory)
     return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder_dir(tmp_path_factory) -> Path:
+    return make_encoder_dir(tmp_path_factory.mktemp("tiny-encoder"))
 
 
 @pytest.fixture(scope="session")

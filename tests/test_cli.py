@@ -1,4 +1,8 @@
-"""The CLI: bad input is a message and exit code 2, never a traceback; the commands work."""
+"""The CLI: bad input is a message and exit code 2, never a traceback; the commands work.
+
+Every command runs as a process of its own (the `cli` fixture: tests/cli_zygote.py), so exit codes
+and tracebacks are what a user's shell sees; the installed console script itself is run too.
+"""
 
 from __future__ import annotations
 
@@ -8,35 +12,28 @@ import sys
 
 import pytest
 import yaml
-from click.testing import CliRunner
 
-from compresskit.cli import main
-
-
-def invoke(*args: str):
-    result = CliRunner().invoke(main, list(args))
-    assert "Traceback" not in result.output
-    return result
+from tests.conftest import console_script
 
 
-def test_strategies_lists_names_kinds_and_descriptions():
-    result = invoke("strategies")
-    assert result.exit_code == 0
+def test_strategies_lists_names_kinds_and_descriptions(cli):
+    result = cli("strategies")
+    assert result.code == 0
     assert any(line.split()[:2] == ["finetune", "training"] for line in result.output.splitlines())
 
 
-def test_assets_lists_every_packaged_asset(tmp_path, monkeypatch):
+def test_assets_lists_every_packaged_asset(cli, tmp_path, monkeypatch):
     monkeypatch.setenv("COMPRESSKIT_CACHE", str(tmp_path))
-    result = invoke("assets")
-    assert result.exit_code == 0
+    result = cli("assets")
+    assert result.code == 0
     for name in ("minilm-l6", "minilm-l3", "mpnet-12", "rotten_tomatoes", "subjectivity"):
         assert name in result.output
     assert "missing" in result.output
 
 
-def test_validate_accepts_a_good_recipe(tiny_recipe):
-    result = invoke("validate", str(tiny_recipe()))
-    assert result.exit_code == 0 and "2 stage(s)" in result.output
+def test_validate_accepts_a_good_recipe(cli, tiny_recipe):
+    result = cli("validate", str(tiny_recipe()))
+    assert result.code == 0 and "2 stage(s)" in result.output
 
 
 @pytest.mark.parametrize("content, message", [
@@ -48,50 +45,62 @@ def test_validate_accepts_a_good_recipe(tiny_recipe):
      "did you mean 'sst2'"),
 ])
 @pytest.mark.parametrize("command", ["validate", "apply"])
-def test_bad_recipes_exit_2_with_a_located_message(tmp_path, command, content, message):
+def test_bad_recipes_exit_2_with_a_located_message(cli, tmp_path, command, content, message):
     path = tmp_path / "r.yaml"
     if content is not None:
         path.write_text(content if isinstance(content, str) else yaml.safe_dump(content))
-    result = invoke(command, str(path))
-    assert result.exit_code == 2
+    result = cli(command, str(path))
+    assert result.code == 2
     assert message in result.output
 
 
-def test_a_bad_override_exits_2(tiny_recipe):
-    result = invoke("validate", str(tiny_recipe()), "--set", "stages.nosuch.epochs=1")
-    assert result.exit_code == 2 and "no stage named 'nosuch'" in result.output
+def test_a_bad_override_exits_2(cli, tiny_recipe):
+    result = cli("validate", str(tiny_recipe()), "--set", "stages.nosuch.epochs=1")
+    assert result.code == 2 and "no stage named 'nosuch'" in result.output
 
 
-def test_an_unknown_model_exits_2_naming_the_packaged_ones(tiny_recipe, tmp_path):
-    result = invoke("apply", str(tiny_recipe()), "-o", str(tmp_path / "run"), "--set", f"model={tmp_path}/none")
-    assert result.exit_code == 2
+def test_an_unknown_model_exits_2_naming_the_packaged_ones(cli, tiny_recipe, tmp_path):
+    result = cli("apply", str(tiny_recipe()), "-o", str(tmp_path / "run"), "--set", f"model={tmp_path}/none")
+    assert result.code == 2
     assert "no such directory" in result.output and "minilm-l6" in result.output
 
 
-def test_evaluate_prints_metrics_and_rejects_unknown_tasks(tiny_model_dir, tmp_path, monkeypatch):
+def test_evaluate_prints_metrics_and_rejects_unknown_tasks(cli, tiny_model_dir, tiny_task_file, tmp_path,
+                                                          monkeypatch):
+    result = cli("evaluate", str(tiny_model_dir), "--task", str(tiny_task_file), "--split", "test")
+    assert result.code == 0, result.stderr
+    metrics = json.loads(result.stdout)
+    assert metrics["examples"] == 48 and 0 <= metrics["accuracy"] <= 1 and metrics["avg_layers"] == 4.0
     monkeypatch.setenv("COMPRESSKIT_CACHE", str(tmp_path))
-    result = invoke("evaluate", str(tiny_model_dir), "--task", "rotten_tomatoe")
-    assert result.exit_code == 2 and "Did you mean 'rotten_tomatoes'" in result.output
-    result = invoke("evaluate", str(tiny_model_dir), "--task", "rotten_tomatoes")
-    assert result.exit_code == 2 and "compresskit assets install rotten_tomatoes" in result.output
+    result = cli("evaluate", str(tiny_model_dir), "--task", "rotten_tomatoe")
+    assert result.code == 2 and "Did you mean 'rotten_tomatoes'" in result.output
+    result = cli("evaluate", str(tiny_model_dir), "--task", "rotten_tomatoes")
+    assert result.code == 2 and "compresskit assets install rotten_tomatoes" in result.output
 
 
-def test_debug_shows_the_traceback(tmp_path):
-    result = CliRunner().invoke(main, ["--debug", "validate", str(tmp_path / "absent.yaml")])
-    assert result.exit_code != 0 and result.exception is not None
+def test_debug_shows_the_traceback_and_without_it_there_is_none(cli, tmp_path):
+    absent = tmp_path / "absent.yaml"
+    plain = cli("validate", absent)
+    assert plain.code == 2 and "does not exist" in plain.stderr and "Traceback" not in plain.stderr
+    debug = cli("--debug", "validate", absent)
+    assert debug.code == 1 and "Traceback (most recent call last)" in debug.stderr and "RecipeError" in debug.stderr
 
 
-def test_apply_runs_a_recipe_prints_the_summary_and_writes_the_report(tiny_recipe, tmp_path):
-    result = invoke("apply", str(tiny_recipe()), "-o", str(tmp_path / "run"), "--set", "stages.again.epochs=1")
-    assert result.exit_code == 0, result.output
+def test_apply_runs_a_recipe_prints_the_summary_and_writes_the_report(cli, tiny_recipe, tmp_path):
+    result = cli("apply", str(tiny_recipe()), "-o", str(tmp_path / "run"), "--set", "stages.again.epochs=1")
+    assert result.code == 0, result.output
     assert "flops_speedup" in result.output
     assert (tmp_path / "run" / "report.json").exists()
     assert {"report.md", "pareto.png"} <= {p.name for p in (tmp_path / "run" / "report").iterdir()}
 
 
-def test_the_console_script_is_installed():
-    out = subprocess.run([sys.executable, "-m", "compresskit", "--help"], capture_output=True, text=True)
-    assert out.returncode == 0 and "apply" in out.stdout
+def test_the_console_script_is_installed_and_answers_bad_input_with_exit_2(tmp_path):
+    shown = console_script("--help")
+    assert shown.code == 0 and "apply" in shown.stdout
+    bad = console_script("validate", tmp_path / "absent.yaml")
+    assert bad.code == 2 and "does not exist" in bad.stderr and "Traceback" not in bad.stderr
+    out = subprocess.run([sys.executable, "-m", "compresskit", "--version"], capture_output=True, text=True)
+    assert out.returncode == 0 and "version" in out.stdout
 
 
 def test_two_processes_train_and_gather_metrics_correctly(tiny_recipe, tmp_path):

@@ -15,7 +15,6 @@ from compresskit.export import onnx_export as onnx_export_module
 from compresskit.export.agreement import agreement, agreement_one_at_a_time
 from compresskit.modeling.model import Route
 from tests.conftest import make_tokenizer
-from tests.test_cli import invoke
 from tests.test_modeling import compressed, diversify, inputs
 
 SHAPES = [
@@ -296,21 +295,21 @@ def test_an_existing_export_is_not_overwritten_by_accident(tokenizer, tmp_path):
         export_model(model_of("bert", {}), tokenizer, tmp_path / "onnx")
 
 
-def test_cli_export_then_predict_texts_files_and_bad_input(tiny_model_dir, tmp_path):
+def test_cli_export_then_predict_texts_files_and_bad_input(cli, tiny_model_dir, tmp_path):
     out = tmp_path / "onnx"
-    result = invoke("export", str(tiny_model_dir), "--output", str(out))
-    assert result.exit_code == 0, result.output
+    result = cli("export", str(tiny_model_dir), "--output", str(out))
+    assert result.code == 0, result.output
     assert json.loads((out / "compresskit_export.json").read_text())["kind"] == "static"
 
-    result = invoke("predict", str(out), "--text", "a fine film", "--text", "", "--text", "word " * 500)
-    assert result.exit_code == 0, result.output
-    lines = [json.loads(line) for line in result.output.splitlines()]
+    result = cli("predict", str(out), "--text", "a fine film", "--text", "", "--text", "word " * 500)
+    assert result.code == 0, result.output
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert len(lines) == 3 and all({"label", "score", "layers"} <= set(x) for x in lines)  # empty, overlong: fine
 
     txt = tmp_path / "in.txt"
     txt.write_text("good\n\nbad\n")
-    result = invoke("predict", str(out), "--file", str(txt))
-    assert result.exit_code == 0 and len(result.output.splitlines()) == 3
+    result = cli("predict", str(out), "--file", str(txt))
+    assert result.code == 0 and len(result.stdout.splitlines()) == 3
 
     table = tmp_path / "in.csv"
     table.write_text("review,id\ngreat,1\n")
@@ -320,13 +319,13 @@ def test_cli_export_then_predict_texts_files_and_bad_input(tiny_model_dir, tmp_p
         (["--file", str(tmp_path / "missing.txt")], "does not exist"),
         ([], "nothing to classify"),
     ]:
-        result = invoke("predict", str(out), *args)
-        assert result.exit_code == 2 and message in result.output, result.output
-    result = invoke("predict", str(out), "--file", str(table), "--column", "review")
-    assert result.exit_code == 0 and len(result.output.splitlines()) == 1
+        result = cli("predict", str(out), *args)
+        assert result.code == 2 and message in result.output, result.output
+    result = cli("predict", str(out), "--file", str(table), "--column", "review")
+    assert result.code == 0 and len(result.stdout.splitlines()) == 1
 
-    result = invoke("predict", str(tmp_path), "--text", "x")
-    assert result.exit_code == 2 and "not a compresskit export" in result.output
+    result = cli("predict", str(tmp_path), "--text", "x")
+    assert result.code == 2 and "not a compresskit export" in result.output
 
 
 def test_benchmark_runs_models_and_exports_side_by_side(tiny_model_dir, tiny_task, tokenizer, tmp_path):
@@ -351,8 +350,8 @@ def test_benchmark_runs_models_and_exports_side_by_side(tiny_model_dir, tiny_tas
     assert "| model | runtime |" in markdown(result)
 
 
-def test_cli_benchmark_rejects_what_it_cannot_run(tmp_path):
-    result = invoke("benchmark", str(tmp_path / "nope"))
-    assert result.exit_code == 2 and "not a directory" in result.output
-    result = invoke("benchmark", str(tmp_path), "--batch-sizes", "one")
-    assert result.exit_code == 2 and "--batch-sizes" in result.output
+def test_cli_benchmark_rejects_what_it_cannot_run(cli, tmp_path):
+    result = cli("benchmark", str(tmp_path / "nope"))
+    assert result.code == 2 and "not a directory" in result.output
+    result = cli("benchmark", str(tmp_path), "--batch-sizes", "one")
+    assert result.code == 2 and "--batch-sizes" in result.output

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from compresskit.errors import RecipeError
 from compresskit.recipe import apply_overrides, load_recipe, validate_recipe
+from compresskit.registry import strategies
 
 RECIPES = sorted(Path(__file__).parent.parent.joinpath("recipes").glob("*.yaml"))
 
@@ -163,6 +164,75 @@ def test_any_yaml_text_is_valid_or_a_recipe_error(tmp_path_factory, text):
         pass
     else:
         assert isinstance(yaml.safe_load(text), dict)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.binary(max_size=200))
+def test_any_bytes_are_a_recipe_or_a_recipe_error(tmp_path_factory, data):
+    path = tmp_path_factory.mktemp("b") / "r.yaml"
+    path.write_bytes(data)
+    try:
+        load_recipe(path)
+    except RecipeError as err:
+        assert err.problems and all(msg for _, msg in err.problems)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(33, 6000), st.sampled_from(["[", "{a: "]))
+def test_deep_nesting_is_a_recipe_error_not_a_recursion_error(tmp_path_factory, depth, opener):
+    closer = "]" if opener == "[" else "}"
+    path = tmp_path_factory.mktemp("n") / "r.yaml"
+    path.write_text("stages: " + opener * depth + "1" + closer * depth)
+    with pytest.raises(RecipeError, match="nested"):
+        load_recipe(path)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.sampled_from(list(good())), st.integers(0, 1))
+def test_a_key_given_twice_anywhere_is_reported_with_its_line(tmp_path_factory, key, in_stage):
+    text = yaml.safe_dump(good(), sort_keys=False)
+    if in_stage:
+        text = text.replace("  epochs: 1", "  epochs: 1\n  epochs: 2")
+        line = "epochs"
+    else:
+        text = f"{key}: 1\n" + text
+        line = key
+    path = tmp_path_factory.mktemp("d") / "r.yaml"
+    path.write_text(text)
+    with pytest.raises(RecipeError) as info:
+        load_recipe(path)
+    assert any(f"key {line!r} is given twice" in msg and loc.startswith("line ") for loc, msg in info.value.problems)
+
+
+FLOAT_FIELDS = sorted({(name, field) for name, cls in strategies().items()
+                       for field, info in cls.Config.model_fields.items() if info.annotation in (float, float | None)})
+
+
+@settings(max_examples=120, deadline=None)
+@given(st.sampled_from(FLOAT_FIELDS), st.sampled_from([float("inf"), float("-inf"), float("nan"), 1e10, -1e12]))
+def test_no_float_setting_of_any_strategy_takes_a_non_finite_or_absurd_number(field, value):
+    strategy, key = field
+    raw = good()
+    raw["stages"] = [{"strategy": strategy, key: value}]
+    assert f"stages[0].{key}" in problems(raw)
+
+
+SAFE = st.text(alphabet="abcXYZ019_.-", max_size=8)
+UNSAFE_NAMES = st.one_of(
+    st.sampled_from(["", ".", "..", "../x", "a/b", "/abs", "-rf", ".hidden", "a b", "x" * 101, "~", "a\x00b"]),
+    st.builds(lambda a, bad, b: "x" + a + bad + b, SAFE, st.sampled_from(list("/\\ \t\n:*?<>|~$'\"\x00")), SAFE),
+    st.builds(lambda lead, rest: lead + rest, st.sampled_from([".", "-"]), SAFE),
+)
+
+
+@settings(max_examples=120, deadline=None)
+@given(UNSAFE_NAMES)
+def test_unsafe_recipe_and_stage_names_are_refused(name):
+    raw = good()
+    raw["name"] = name
+    raw["stages"][0]["name"] = name
+    found = problems(raw)
+    assert "unsafe name" in found["name"] and "unsafe name" in found["stages[0].name"]
 
 
 def example_stages() -> list:

@@ -47,6 +47,8 @@ def _task_file(path: Path) -> TaskSpec:
 
     from compresskit.yamlfile import load_yaml
 
+    if not path.is_file():
+        raise DataError(f"task file {path} does not exist")
     raw = load_yaml(path)  # a RecipeError (located) for a file that is not clean YAML
     if isinstance(raw, dict) and isinstance(raw.get("task"), dict):
         raw = raw["task"]  # a recipe file names its task under `task:`
@@ -69,7 +71,7 @@ def _source(task: TaskSpec, split: str) -> str:
     return f"{task.path}/{task.subset} (hub), split {task.splits[split]!r}"
 
 
-def _check_split_names(task: TaskSpec, wanted: list[str]) -> None:
+def check_split_names(task: TaskSpec, wanted: list[str]) -> None:
     for split in wanted:
         if task.source == "files":
             name = task.splits.get(split, split)
@@ -121,15 +123,19 @@ def _quiet() -> Iterator[None]:
     """No `datasets` progress bars: reading and checking a split takes a second; the bars of long steps stay."""
     quiet = datasets.utils.are_progress_bars_disabled()
     datasets.disable_progress_bars()
+    logger = logging.getLogger("datasets")  # a file it cannot parse is logged as an ERROR, then raised: ours says it
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
     try:
         yield
     finally:
+        logger.setLevel(level)
         if not quiet:
             datasets.enable_progress_bars()
 
 
 def _raw_splits(task: TaskSpec, wanted: list[str]) -> datasets.DatasetDict:
-    _check_split_names(task, wanted)
+    check_split_names(task, wanted)
     if task.source in ("packaged", "files"):
         return datasets.DatasetDict({s: _read_file(_source(task, s)) for s in wanted})
     try:

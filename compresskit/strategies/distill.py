@@ -210,7 +210,9 @@ class _IntermediateLoss:
         inputs = {k: v for k, v in batch.items() if k in MODEL_INPUTS}
         out = model(**inputs, output_hidden_states=True, output_attention_scores=scores)
         with torch.no_grad():
-            ref = self.teacher(**_teacher_inputs(batch), output_hidden_states=True, output_attention_scores=scores)
+            # dynamic=False: a gated or early-exit teacher still yields every layer's states (full pass)
+            ref = self.teacher(**_teacher_inputs(batch), output_hidden_states=True, output_attention_scores=scores,
+                               dynamic=False)
         project = unwrap(model).distill_projection
         mask = inputs["attention_mask"]
         loss = cfg.alpha_embedding * token_mse(project(out.hidden_states[0]), ref.hidden_states[0], mask)

@@ -201,7 +201,7 @@ def stage3_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], teacher:
     if teacher is None:
         return loss
     with torch.no_grad():
-        ref = teacher(**inputs, output_hidden_states=True, output_attentions=want_maps)
+        ref = teacher(**inputs, output_hidden_states=True, output_attentions=want_maps, dynamic=False)
     mask = inputs["attention_mask"]
     layers = range(1, len(out.hidden_states))
     loss = loss + cfg.alpha_prediction * prediction_kl(out.logits, ref.logits, cfg.temperature)
