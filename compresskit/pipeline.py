@@ -43,6 +43,7 @@ from accelerate import Accelerator, PartialState
 from accelerate.utils import set_seed
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
+from compresskit import hardware
 from compresskit.data.loading import load_splits, resolve_task, tokenize
 from compresskit.data.tasks import TaskSpec
 from compresskit.errors import CompressKitError
@@ -218,9 +219,8 @@ class Pipeline:
                 log.warning("leaving %s alone: compresskit did not write it", path)
         (self.run_dir / "recipe.yaml").write_text(yaml.safe_dump(self.resolved.to_dict(), sort_keys=False))
         write_json(self.run_dir / "environment.json", {
-            "packages": package_versions(), "seed": self.recipe.seed,
-            "torch_threads": torch.get_num_threads(), "processes": self.dist.num_processes,
-            "platform": platform.platform(),
+            "packages": package_versions(), "seed": self.recipe.seed, "processes": self.dist.num_processes,
+            **hardware.environment(),
         })
 
     def _attach_log_file(self) -> logging.Handler | None:
@@ -419,12 +419,17 @@ class Pipeline:
         return report
 
 
-def _summary(report: dict[str, Any], splits: list[str], metric: str) -> dict[str, float]:
+def _summary(report: dict[str, Any], splits: list[str], metric: str) -> dict[str, float | None]:
+    """Final against baseline; a ratio over a zero (a baseline that runs no layer) is None, not a crash."""
     base, final = report["baseline"], report["final"]
+
+    def ratio(a: float, b: float) -> float | None:
+        return a / b if b else None
+
     out = {
-        "flops_speedup": base["flops_per_example"] / max(final["flops_per_example"], 1.0),
-        "parameter_ratio": final["parameters"] / base["parameters"],
-        "layers_ratio": final[splits[0]]["avg_layers"] / base[splits[0]]["avg_layers"],
+        "flops_speedup": ratio(base["flops_per_example"], max(final["flops_per_example"], 1.0)),
+        "parameter_ratio": ratio(final["parameters"], base["parameters"]),
+        "layers_ratio": ratio(final[splits[0]]["avg_layers"], base[splits[0]]["avg_layers"]),
     }
     for split in splits:
         if base[split][metric]:

@@ -341,6 +341,12 @@ STAGE_TEMPLATES = st.one_of(
                            "intermediate_epochs": st.sampled_from([0, 0.25]), "prediction_epochs": st.just(0.25)}),
     st.fixed_dictionaries({"strategy": st.just("structured_prune"), "head_ratio": st.sampled_from([0, 0.5]),
                            "ffn_ratio": st.sampled_from([0.25, 0.5]), "batch_size": st.just(8)}),
+    st.fixed_dictionaries({"strategy": st.just("consistentee"), "init_epochs": st.just(0.25), "rounds": st.just(0),
+                           "policy_epochs": st.just(0.5), "alphas": st.just([0.05, 0.1])}),
+    st.fixed_dictionaries({"strategy": st.just("cost_eff"), "exit_epochs": st.just(0.25), "prune_steps": st.just(1),
+                           "recover_epochs": st.just(0), "representation_epochs": st.just(0),
+                           "prediction_epochs": st.just(0.25), "head_ratio": st.sampled_from([0, 0.5])}),
+    st.fixed_dictionaries({"strategy": st.just("berxit"), "epochs": st.just(2), "batch_size": st.just(16)}),
     st.just({"strategy": "export"}),
 )
 

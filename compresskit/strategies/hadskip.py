@@ -156,11 +156,14 @@ def _resumable_phase(checkpoint_dir: Path, history: dict[str, Any], name: str, m
     """Run one training phase, or load its result if an earlier (killed) run finished it."""
     path = checkpoint_dir / f"phase-{name.replace(' ', '_').replace('=', '')}.pt"
     if path.exists():
-        saved = torch.load(path, weights_only=True)
-        model.load_state_dict(saved["model"])
-        history[name] = saved["history"]
-        log.info("phase %s: resumed from %s", name, path)
-        return
+        try:
+            saved = torch.load(path, weights_only=True)
+            model.load_state_dict(saved["model"])
+            history[name] = saved["history"]
+            log.info("phase %s: resumed from %s", name, path)
+            return
+        except Exception as err:  # a damaged checkpoint of any kind: the phase runs again
+            log.warning("phase %s: checkpoint %s is unreadable (%s); running the phase again", name, path, err)
     history[name] = run()
     if PartialState().is_main_process:
         checkpoint_dir.mkdir(parents=True, exist_ok=True)

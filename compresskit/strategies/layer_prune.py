@@ -115,7 +115,12 @@ class LayerPruneStrategy(Strategy):
         cfg: LayerPruneConfig = self.config  # type: ignore[assignment]
         ctx.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         progress_path = ctx.checkpoint_dir / "search.json"
-        progress = json.loads(progress_path.read_text()) if progress_path.exists() else {"steps": [], "seconds": 0.0}
+        progress = {"steps": [], "seconds": 0.0}
+        if progress_path.exists():
+            try:
+                progress = json.loads(progress_path.read_text())
+            except ValueError:  # damaged: the search starts over
+                log.warning("%s is unreadable; the greedy search starts over", progress_path)
         split = state.data["train"].train_test_split(test_size=cfg.heldout_fraction, seed=ctx.seed)
         train_rows, heldout = split["train"], split["test"]
         if cfg.candidate_max_samples is not None and cfg.candidate_max_samples < len(train_rows):
