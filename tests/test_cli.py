@@ -99,8 +99,6 @@ def test_the_console_script_is_installed_and_answers_bad_input_with_exit_2(tmp_p
     assert shown.code == 0 and "apply" in shown.stdout
     bad = console_script("validate", tmp_path / "absent.yaml")
     assert bad.code == 2 and "does not exist" in bad.stderr and "Traceback" not in bad.stderr
-    out = subprocess.run([sys.executable, "-m", "compresskit", "--version"], capture_output=True, text=True)
-    assert out.returncode == 0 and "version" in out.stdout
 
 
 def test_two_processes_train_and_gather_metrics_correctly(tiny_recipe, tmp_path):
