@@ -16,8 +16,8 @@ import time
 
 import torch
 
+from compresskit.data.batches import loader, model_inputs
 from compresskit.data.loading import load_splits, resolve_task, tokenize
-from compresskit.evaluation.evaluate import MODEL_INPUTS, loader
 from compresskit.modeling.loading import load_model
 
 
@@ -49,7 +49,7 @@ def main() -> None:
     data = tokenize(load_splits(task, [args.split], max_eval_samples=args.examples), tokenizer, args.max_length)
     results = {"model": args.model, "threads": torch.get_num_threads(), "examples": args.examples, "rows": []}
     for batch_size in [int(b) for b in args.batch_sizes.split(",")]:
-        batches = [{k: v for k, v in b.items() if k in MODEL_INPUTS} for b in loader(data[args.split], tokenizer,
+        batches = [model_inputs(b) for b in loader(data[args.split], tokenizer,
                                                                                      batch_size)]
         measure(model, batches[:3], True), measure(model, batches[:3], False)  # warm-up
         routed, full, layers = [], [], []

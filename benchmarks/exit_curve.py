@@ -28,7 +28,7 @@ import torch
 from compresskit.data.loading import load_splits, resolve_task, tokenize
 from compresskit.evaluation.evaluate import evaluate
 from compresskit.modeling.loading import load_model
-from compresskit.training.early_exit import all_exit_logits, replayed_metrics
+from compresskit.training.calibration import all_exit_logits, replayed_metrics
 
 
 def sweep(rule_name: str, num_layers: int, num_labels: int) -> tuple[str, list[float]]:

@@ -189,8 +189,8 @@ def evaluate(model: str, task_name: str, split: str, max_samples: int | None, ma
              batch_size: int, seed: int) -> None:
     """Evaluate MODEL (packaged name, directory or hub name) on a task split; prints JSON (deterministic)."""
     from compresskit.data.loading import load_splits, resolve_task, tokenize
-    from compresskit.evaluation.evaluate import count_parameters
     from compresskit.evaluation.evaluate import evaluate as run_eval
+    from compresskit.evaluation.flops import count_parameters
     from compresskit.modeling.loading import load_model
 
     task = resolve_task(task_name)

@@ -31,7 +31,6 @@ import platform
 import re
 import shutil
 import time
-from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -41,17 +40,18 @@ import torch
 import yaml
 from accelerate import Accelerator, PartialState
 from accelerate.utils import set_seed
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoTokenizer
 
 from compresskit import hardware
-from compresskit.data.loading import load_splits, resolve_task, tokenize
-from compresskit.data.tasks import TaskSpec
+from compresskit.data.loading import load_splits, resolve_task
 from compresskit.errors import CompressKitError
-from compresskit.evaluation.evaluate import count_parameters, evaluate, flops_per_example
+from compresskit.evaluation.evaluate import evaluate
+from compresskit.evaluation.flops import count_parameters, flops_per_example
 from compresskit.files import DirectoryLock, tree_digest, verify_checksums, write_checksums, write_json
 from compresskit.modeling.loading import load_model, resolve_model_path
 from compresskit.modeling.model import CompressedModelForSequenceClassification
 from compresskit.recipe import ResolvedRecipe
+from compresskit.stage import PipelineState, StageContext
 
 log = logging.getLogger(__name__)
 
@@ -59,48 +59,6 @@ PACKAGES = ("compresskit", "torch", "transformers", "datasets", "accelerate", "t
             "optimum", "optimum-onnx", "onnxruntime", "pydantic")
 MARKER = ".compresskit-run"  # a run directory compresskit made (it removes files only in those)
 STAGE_DIR = re.compile(r"^\d{2}-[A-Za-z0-9_][A-Za-z0-9_.-]*$")
-
-
-@dataclass
-class PipelineState:
-    """What flows from stage to stage."""
-
-    model: CompressedModelForSequenceClassification
-    tokenizer: PreTrainedTokenizerBase
-    task: TaskSpec
-    raw: datasets.DatasetDict  # text splits; tokenized on demand for the current tokenizer
-    max_length: int
-    info: dict[str, Any] = field(default_factory=dict)  # what the last stage wants reported
-    _encoded: dict[str, datasets.DatasetDict] = field(default_factory=dict, repr=False)
-
-    @property
-    def data(self) -> datasets.DatasetDict:
-        key = f"{self.tokenizer.name_or_path}:{len(self.tokenizer)}:{self.max_length}"
-        if key not in self._encoded:
-            self._encoded[key] = tokenize(self.raw, self.tokenizer, self.max_length)
-        return self._encoded[key]
-
-
-@dataclass
-class StageContext:
-    """What a stage may use besides the state: where to write, the seed, earlier stages."""
-
-    index: int
-    name: str
-    seed: int
-    run_dir: Path
-    work_dir: Path  # extra artifacts of this stage; kept when the stage finishes
-    checkpoint_dir: Path  # a long stage's own progress; survives a kill, removed when the stage finishes
-    stage_dirs: dict[str, Path]  # finished earlier stages by name, plus "input"
-    recipe: ResolvedRecipe
-
-    def model_path(self, stage: str) -> Path:
-        if stage not in self.stage_dirs:
-            raise CompressKitError(f"stage {self.name!r} asks for the model of {stage!r}, which has not run")
-        return self.stage_dirs[stage]
-
-    def load_model(self, stage: str) -> CompressedModelForSequenceClassification:
-        return CompressedModelForSequenceClassification.from_pretrained(self.model_path(stage))
 
 
 def _hash(*parts: Any) -> str:
@@ -318,7 +276,7 @@ class Pipeline:
         log.info("stage %d/%d %r (%s) started", index + 1, len(self.resolved.stages), stage.name, stage.strategy)
         ctx = StageContext(index=index, name=stage.name, seed=self.recipe.seed + index, run_dir=self.run_dir,
                            work_dir=work_dir, checkpoint_dir=self.checkpoint_dir(index),
-                           stage_dirs=self._stage_dirs(index), recipe=self.resolved)
+                           stage_dirs=self._stage_dirs(index), eval_split=self.recipe.evaluation.split)
         state.info = {}
         # fresh modules (gates, exit heads, policies) draw from the global RNG: seed it here, or a
         # resumed run (earlier stages loaded, not trained) would initialise them differently

@@ -21,7 +21,7 @@ from compresskit.errors import CompressKitError, RecipeError
 from compresskit.modeling.config import SUPPORTED_BACKBONES, CompressedConfig
 from compresskit.modeling.loading import check_model_directory, resolve_model_path
 from compresskit.recipe import ResolvedRecipe
-from compresskit.registry import ModelShape, PlanContext
+from compresskit.stage import ModelShape, PlanContext
 
 log = logging.getLogger(__name__)
 

@@ -11,18 +11,13 @@ from __future__ import annotations
 import difflib
 import importlib
 import pkgutil
-from collections.abc import Callable
-from dataclasses import dataclass, field, replace
 from importlib.metadata import entry_points
-from typing import TYPE_CHECKING, ClassVar, Literal
+from typing import Any, ClassVar, Generic, Literal, TypeVar, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from compresskit.errors import CompressKitError
-
-if TYPE_CHECKING:
-    from compresskit.data.tasks import TaskSpec
-    from compresskit.pipeline import PipelineState, StageContext
+from compresskit.stage import ModelShape, PipelineState, PlanContext, StageContext
 
 ENTRY_POINT_GROUP = "compresskit.strategies"
 Kind = Literal["training", "static", "dynamic", "export"]
@@ -41,37 +36,13 @@ class StageConfig(BaseModel):
         "seeded shuffle, so smaller subsets are nested in larger ones); evaluation splits are untouched")
 
 
-@dataclass(frozen=True)
-class ModelShape:
-    """What validation knows of the model a stage receives, read from configs (never weights)."""
-
-    model_type: str  # the backbone's (bert, roberta, mpnet, ...)
-    num_layers: int
-    num_heads: int
-    hidden_size: int
-    dynamic: bool = False  # gates or exit heads
-
-    def with_layers(self, num_layers: int) -> ModelShape:
-        return replace(self, num_layers=num_layers)
+C = TypeVar("C", bound=StageConfig)
 
 
-@dataclass
-class PlanContext:
-    """What `Strategy.plan` may use: the task, the shapes of earlier stages' models, a way to read another
-    model's shape (a student), and where to put problems."""
+class Strategy(Generic[C]):
+    """A pipeline stage kind, typed by its config: `class MyStrategy(Strategy[MyConfig])`.
 
-    task: TaskSpec
-    shapes: dict[str, ModelShape]  # earlier stages by name, and "input"
-    read_shape: Callable[[str, str], ModelShape | None]  # (model name, field) -> shape; None after a problem
-    problems: list[tuple[str, str]] = field(default_factory=list)
-
-    def problem(self, where: str, message: str) -> None:
-        self.problems.append((where, message))
-
-
-class Strategy:
-    """A pipeline stage kind. Subclasses set `name`, `kind`, `Config`, and implement `apply`.
-
+    Subclasses set `name` and `kind` and implement `apply`; `Config` is the type parameter.
     `check` runs for every stage before any stage runs and must not touch models or data;
     `plan` then runs with the task and the model shapes read from configs, so that every number
     that refers to the model (a layer index, a budget) is checked before anything trains;
@@ -83,8 +54,16 @@ class Strategy:
     kind: ClassVar[Kind]
     Config: ClassVar[type[StageConfig]] = StageConfig
 
-    def __init__(self, config: StageConfig):
-        self.config = config
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for base in getattr(cls, "__orig_bases__", ()):  # Strategy[MyConfig] -> Config = MyConfig
+            if get_origin(base) is not None and issubclass(get_origin(base), Strategy):
+                args = [a for a in get_args(base) if isinstance(a, type) and issubclass(a, StageConfig)]
+                if args:
+                    cls.Config = args[0]
+
+    def __init__(self, config: C):
+        self.config: C = config
 
     @classmethod
     def summary(cls) -> str:
@@ -112,11 +91,16 @@ _REGISTRY: dict[str, type[Strategy]] = {}
 _loaded = False
 
 
-def register_strategy(cls: type[Strategy]) -> type[Strategy]:
-    """Class decorator: make a strategy available to recipes under `cls.name`."""
+S = TypeVar("S", bound=type[Strategy])
+
+
+def register_strategy(cls: S) -> S:
+    """Class decorator: make a strategy available to recipes under `cls.name` (a name taken by
+    another class is an error, whoever registers it)."""
     existing = _REGISTRY.get(cls.name)
-    if existing is not None and existing is not cls and existing.__qualname__ != cls.__qualname__:
-        raise CompressKitError(f"strategy name {cls.name!r} is registered twice ({existing} and {cls})")
+    if existing is not None and existing is not cls:
+        raise CompressKitError(f"strategy name {cls.name!r} is registered twice: by {existing.__module__}."
+                               f"{existing.__qualname__} and by {cls.__module__}.{cls.__qualname__}")
     _REGISTRY[cls.name] = cls
     return cls
 

@@ -82,7 +82,7 @@ def write_report(run_dir: str | Path, measure: bool = False, batch_size: int = 3
         usage = stage.get("info", {}).get("layer_usage")
         if usage:
             name = f"layer_usage_{stage['name']}.png"
-            from compresskit.evaluation.evaluate import plot_layer_usage
+            from compresskit.evaluation.usage import plot_layer_usage
 
             plot_layer_usage(usage, out / name, f"{stage['name']}: layer usage")
             per_layer = ", ".join(f"{p:.2f}" for p in usage["per_layer"])

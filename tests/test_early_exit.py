@@ -10,7 +10,7 @@ from compresskit.modeling import CompressedConfig
 from compresskit.modeling.dynamic import entropy
 from compresskit.pipeline import Pipeline
 from compresskit.recipe import load_recipe
-from compresskit.training.early_exit import CalibrationConfig, all_exit_logits, calibrate, replay
+from compresskit.training.calibration import CalibrationConfig, all_exit_logits, calibrate, replay
 from tests.conftest import make_tokenizer
 from tests.test_modeling import compressed, inputs
 

@@ -13,7 +13,7 @@ from compresskit.errors import CompressKitError
 from compresskit.export import OnnxClassifier, export_model
 from compresskit.export import onnx_export as onnx_export_module
 from compresskit.export.agreement import agreement, agreement_one_at_a_time
-from compresskit.modeling.model import Route
+from compresskit.modeling.routed import Route
 from tests.conftest import make_tokenizer
 from tests.test_modeling import compressed, diversify, inputs
 

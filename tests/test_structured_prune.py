@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from compresskit.errors import CompressKitError
-from compresskit.evaluation.evaluate import count_parameters
+from compresskit.evaluation.flops import count_parameters
 from compresskit.modeling import CompressedConfig, CompressedModelForSequenceClassification
 from compresskit.pipeline import Pipeline
 from compresskit.recipe import load_recipe

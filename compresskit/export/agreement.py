@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from compresskit.errors import CompressKitError
-from compresskit.modeling.model import Route
+from compresskit.modeling.routed import Route
 
 
 @dataclass

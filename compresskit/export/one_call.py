@@ -8,8 +8,10 @@ skipped layer still costs nothing. The exit rule's decision (`ExitRule.decide`, 
 per-example state (patience counters) are in the graph too. A batch of more than one keeps the
 per-layer graphs: an `If` takes one branch for the whole batch.
 
-The pieces (embeddings, each layer, gate, exit, decision, head) are exported from PyTorch one by
-one and stitched together with the onnx API: their nodes are copied under a prefix, branch
+The control flow is `routing.route`, the one every runtime follows, with ONNX nodes for its
+arrays (`_GraphOps`) and the stitcher as its backend. The pieces (embeddings, each layer, the gate's
+decision, exit, the rule's decision, head) are exported from PyTorch one by one and stitched
+together with the onnx API: their nodes are copied under a prefix, branch
 bodies become `If` subgraphs, and every weight is an initializer of the outer graph (subgraphs
 read the outer scope).
 """
@@ -27,7 +29,8 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 from compresskit.export.onnx_config import ONNX_OPSET
-from compresskit.export.pieces import Embeddings, ExitHead, GateLogits, Head, LayerStep
+from compresskit.export.pieces import Embeddings, ExitHead, GateOpens, Head, LayerStep
+from compresskit.modeling.routing import plan, route
 
 FILE = "one_call.onnx"
 _TOKEN_AXES = ("input_ids", "attention_mask", "token_type_ids", "hidden")  # (batch, sequence, ...) inputs
@@ -113,7 +116,7 @@ class _Stitcher:
             self.initializers.append(numpy_helper.from_array(value, name))
         return name
 
-    # ---- the graph ---------------------------------------------------------------------------
+    # ---- the graph: `routing.route` with ONNX nodes as its arrays --------------------------------
     # Flat, one layer after the other: an example that has left at an exit still passes every
     # later If, through its empty branch. Nesting the rest of the model in each exit's else-branch
     # measured slower (PCEE, mean-pooled exits, batch 1: 0.78 of the ideal speed-up nested, 0.85
@@ -125,33 +128,16 @@ class _Stitcher:
         args = (ids, self.sample_mask) + ((torch.zeros_like(ids),) if "token_type_ids" in self.input_names else ())
         embed_out = {"hidden": "embedded"} | ({"position_bias": "position_bias"} if self.mpnet else {})
         self.nodes = self.piece(Embeddings(model), args, "embed/", {n: n for n in self.input_names}, embed_out)
-        state = {name: self.constant(f"state_init/{name}", value.numpy())
-                 for name, value in self.rule.init_state(1, torch.device("cpu")).items()} if self.rule else {}
-        hidden, executed = "embedded", self.constant("no_layers", np.zeros(1, dtype=np.float32))
-        self.ran: list[str] = []  # per layer, (1,) float: 1 if the layer ran
-        # `running`: (1,) bool, the example has not left yet; None until the first exit
-        running: str | None = None
-        logits, exit_layer = None, self.constant("depth", np.full(1, model.num_layers))
-        for i in range(model.num_layers):
-            hidden, executed = self.layer(i, hidden, executed, running)
-            if i < model.num_layers - 1 and str(i) in model.exit_heads and self.rule is not None:
-                leave, exit_logits, state = self.exit(i, hidden, state, running, logits)
-                if logits is None:
-                    logits = self.constant("logits_init", np.zeros((1, max(model.config.num_labels, 1)), np.float32))
-                depth = self.constant(f"exit_{i}/depth", np.full(1, i + 1))
-                self.add("Where", [leave, exit_logits, logits], f"exit_{i}/result")
-                self.add("Where", [leave, depth, exit_layer], f"exit_{i}/exit_layer")
-                stays = self.add("Not", [leave], f"exit_{i}/stays")
-                running = stays if running is None else self.add("And", [running, stays], f"exit_{i}/running")
-                logits, exit_layer = f"exit_{i}/result", f"exit_{i}/exit_layer"
-        head = self.piece(Head(model), (self.sample_hidden,), "head/", {"hidden": hidden}, {"logits": "head/logits"})
-        self.nodes += self.branch(running, "head", head, ["head/logits"], [logits])
-        self.add("Concat", self.ran, "ran", axis=0)
-        self.add("Unsqueeze", ["ran", self.constant("axis_0", np.zeros(1, dtype=np.int64))], "ran_row")
-        self.nodes += [helper.make_node("Identity", ["head"], ["logits"]),
-                       helper.make_node("Identity", [executed], ["layers_executed"]),
-                       helper.make_node("Identity", [exit_layer], ["exit_layer"]),
-                       helper.make_node("Cast", ["ran_row"], ["layer_mask"], to=TensorProto.BOOL)]
+        self.hidden, self.ops = "embedded", _GraphOps(self)
+        exits = {int(i) for i in model.exit_heads} if self.rule is not None else set()
+        routed = route(plan(model.num_layers, {int(i) for i in model.gates}, exits), self)
+        self.add("Cast", [routed.layer_mask], "ran_float", to=TensorProto.FLOAT)
+        self.add("ReduceSum", ["ran_float", self.constant("axis_1", np.ones(1, dtype=np.int64))], "ran_count",
+                 keepdims=0)
+        self.nodes += [helper.make_node("Identity", [routed.logits], ["logits"]),
+                       helper.make_node("Identity", ["ran_count"], ["layers_executed"]),
+                       helper.make_node("Identity", [routed.exit_layer], ["exit_layer"]),
+                       helper.make_node("Identity", [routed.layer_mask], ["layer_mask"])]
         graph_inputs = [helper.make_tensor_value_info(n, TensorProto.INT64, [1, "sequence"])
                         for n in self.input_names]
         outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, "labels"]),
@@ -164,12 +150,12 @@ class _Stitcher:
         self.nodes.append(helper.make_node(op, inputs, [output], **attributes))
         return output
 
-    def branch(self, condition: str | None, name: str, body: list[onnx.NodeProto], body_outputs: list[str],
+    def branch(self, condition: str, name: str, body: list[onnx.NodeProto], body_outputs: list[str],
                otherwise: list[str], types: list[int] | None = None) -> list[onnx.NodeProto]:
         """`body` when `condition` ((1,) bool) holds, else `otherwise` passed through; the results are
-        named `name`, `name`/1, ... . Without a condition the body runs as it is."""
+        named `name`, `name`/1, ... . A condition known to hold runs the body as it is."""
         results = [name] + [f"{name}/{k}" for k in range(1, len(body_outputs))]
-        if condition is None:
+        if condition == TRUE:
             return body + _renamed(body_outputs, results)
         types = types or [TensorProto.FLOAT] * len(results)
         kept = [f"{name}/kept{k}" for k in range(len(results))]
@@ -179,44 +165,36 @@ class _Stitcher:
         return [helper.make_node("Squeeze", [condition], [scalar]),
                 helper.make_node("If", [scalar], results, then_branch=run, else_branch=skip)]
 
-    def layer(self, i: int, hidden: str, executed: str, running: str | None) -> tuple[str, str]:
-        """Layer i when its gate opens (if it has one) and the example has not left; its output and
-        the layers executed so far."""
-        model = self.model
-        feeds, args = {"hidden": hidden, "attention_mask": "attention_mask"}, (self.sample_hidden, self.sample_mask)
+    # ---- the routing backend: each piece of the model as nodes ------------------------------------
+    def _layer_feeds(self, i: int) -> tuple[dict[str, str], tuple]:
+        feeds = {"hidden": self.hidden, "attention_mask": "attention_mask"}
+        args: tuple = (self.sample_hidden, self.sample_mask)
         if self.mpnet:
             feeds["position_bias"] = "position_bias"
-            args += (model.adapter.position_bias(model.backbone, self.sample_hidden),)
-        runs = running
-        if str(i) in model.gates:
-            opens = self.gate(i, hidden)
-            runs = opens if running is None else self.add("And", [opens, running], f"gate_{i}/runs")
-        step = self.piece(LayerStep(model, i), args, f"layer_{i}/", feeds, {"out": f"layer_{i}/out"})
-        self.nodes += self.branch(runs, f"h{i}", step, [f"layer_{i}/out"], [hidden])
-        if runs is None:
-            count = self.constant("one", np.ones(1, dtype=np.float32))
-        else:
-            count = self.add("Cast", [runs], f"layer_{i}/ran", to=TensorProto.FLOAT)
-        self.ran.append(count)
-        return f"h{i}", self.add("Add", [executed, count], f"executed_{i}")
+            args += (self.model.adapter.position_bias(self.model.backbone, self.sample_hidden),)
+        return feeds, args
 
-    def gate(self, i: int, hidden: str) -> str:
-        """Whether gate i opens on `hidden`, a (1,) bool."""
-        self.nodes += self.piece(GateLogits(self.model, i), (self.sample_hidden, self.sample_mask), f"gate_{i}/",
-                                 {"hidden": hidden, "attention_mask": "attention_mask"},
-                                 {"logits": f"gate_{i}/logits"})
-        # 0-d indices: (1, 2) logits -> (1,) per choice
-        run, skip = self.constant("index_1", np.array(1)), self.constant("index_0", np.array(0))
-        self.add("Gather", [f"gate_{i}/logits", run], f"gate_{i}/run_logit", axis=1)
-        self.add("Gather", [f"gate_{i}/logits", skip], f"gate_{i}/skip_logit", axis=1)
-        return self.add("Greater", [f"gate_{i}/run_logit", f"gate_{i}/skip_logit"], f"gate_{i}/opens")
+    def gate(self, step, running):
+        """Whether gate `step.layer` opens on the current state: `routing.gate_opens`, traced."""
+        i = step.layer
+        self.nodes += self.piece(GateOpens(self.model, i), (self.sample_hidden, self.sample_mask), f"gate_{i}/",
+                                 {"hidden": self.hidden, "attention_mask": "attention_mask"},
+                                 {"opens": f"gate_{i}/opens"})
+        return f"gate_{i}/opens", None
 
-    def exit(self, i: int, hidden: str, state: dict[str, str], running: str | None, logits: str | None
-             ) -> tuple[str, str, dict[str, str]]:
-        """Exit head and decision after layer i (for an example still running): whether it leaves,
-        the exit's logits and the rule's new state."""
+    def run_layer(self, step, runs):
+        i = step.layer
+        feeds, args = self._layer_feeds(i)
+        body = self.piece(LayerStep(self.model, i), args, f"layer_{i}/", feeds, {"out": f"layer_{i}/out"})
+        self.nodes += self.branch(runs, f"h{i}", body, [f"layer_{i}/out"], [self.hidden])
+        self.hidden = f"h{i}"
+
+    def exit(self, step, running, state):
+        """The exit head and the rule's decision (`ExitRule.decide`, traced) for an example still
+        running; one that left earlier does not leave again and keeps its state."""
+        i = step.layer
         body = self.piece(ExitHead(self.model, i), (self.sample_hidden, self.sample_mask), f"exit_{i}/",
-                          {"hidden": hidden, "attention_mask": "attention_mask"},
+                          {"hidden": self.hidden, "attention_mask": "attention_mask"},
                           {"exit_logits": f"exit_{i}/logits", "exit_score": f"exit_{i}/score"})
         new_state = {name: f"exit_{i}/state/{name}" for name in state}
         state_args = tuple(self.rule.init_state(1, torch.device("cpu"))[n] for n in state)
@@ -225,11 +203,67 @@ class _Stitcher:
                            {"leave": f"exit_{i}/leaves"} | {f"new/{n}": v for n, v in new_state.items()})
         body.append(helper.make_node("Cast", [f"exit_{i}/leaves"], [f"exit_{i}/leave"], to=TensorProto.BOOL))
         outputs = [f"exit_{i}/leave", f"exit_{i}/logits", *new_state.values()]
-        # an example that left earlier: does not leave again, keeps its logits and state
-        stays = self.constant("false", np.zeros(1, dtype=bool))
         types = [TensorProto.BOOL, TensorProto.FLOAT] + [
             helper.np_dtype_to_tensor_dtype(v.numpy().dtype) for v in state_args]
-        otherwise = [stays, logits, *state.values()] if running else []  # no `running`: every example is
+        otherwise = [self.constant("false", np.zeros(1, dtype=bool)), self.initial_logits(), *state.values()]
         self.nodes += self.branch(running, f"exit_{i}/out", body, outputs, otherwise, types)
         results = [f"exit_{i}/out"] + [f"exit_{i}/out/{k}" for k in range(1, len(outputs))]
-        return results[0], results[1], dict(zip(state, results[2:], strict=True))
+        state.update(zip(state, results[2:], strict=True))
+        return results[0], results[1], None
+
+    def head(self, running):
+        body = self.piece(Head(self.model), (self.sample_hidden,), "head/", {"hidden": self.hidden},
+                          {"logits": "head/logits"})
+        self.nodes += self.branch(running, "head", body, ["head/logits"], [self.initial_logits()])
+        return "head"
+
+    def initial_logits(self) -> str:
+        return self.constant("logits_init", np.zeros((1, max(self.model.config.num_labels, 1)), np.float32))
+
+    def init_state(self) -> dict[str, str]:
+        if self.rule is None:
+            return {}
+        return {name: self.constant(f"state_init/{name}", value.numpy())
+                for name, value in self.rule.init_state(1, torch.device("cpu")).items()}
+
+
+TRUE = "const/true"  # the (1,) mask of an example known to be running: no If needed
+
+
+class _GraphOps:
+    """`routing.Ops` as ONNX nodes on (1, ...) values, for one example."""
+
+    def __init__(self, stitcher: _Stitcher):
+        self.s, self.count = stitcher, 0
+
+    def _name(self, op: str) -> str:
+        self.count += 1
+        return f"route/{op}_{self.count}"
+
+    def all_rows(self):
+        return TRUE
+
+    def logical_and(self, a, b):
+        if a == TRUE or b == TRUE:
+            return b if a == TRUE else a
+        return self.s.add("And", [a, b], self._name("and"))
+
+    def logical_not(self, a):
+        return self.s.add("Not", [self._value(a)], self._name("not"))
+
+    def where(self, condition, a, b):
+        return a if condition == TRUE else self.s.add("Where", [condition, a, b], self._name("where"))
+
+    def depth(self, value):
+        return self.s.constant(f"depth_{value}", np.full(1, value, dtype=np.int64))
+
+    def stack(self, columns):
+        stacked = self.s.add("Concat", [self._value(c) for c in columns], self._name("ran"), axis=0)
+        return self.s.add("Unsqueeze", [stacked, self.s.constant("axis_0", np.zeros(1, dtype=np.int64))],
+                          self._name("ran_row"))
+
+    def any(self, mask):
+        return None  # a graph cannot know: every later layer is an If the example passes by
+
+    def _value(self, name: str) -> str:
+        return self.s.constant(TRUE, np.ones(1, dtype=bool)) if name == TRUE else name

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from compresskit.modeling.routing import gate_opens
+
 
 class Embeddings(nn.Module):
     """Token ids -> the first hidden states (and MPNet's relative position bias)."""
@@ -38,6 +40,17 @@ class GateLogits(nn.Module):
 
     def forward(self, hidden, attention_mask):
         return self.gate(hidden, attention_mask)
+
+
+class GateOpens(nn.Module):
+    """The gate's decision, `routing.gate_opens` of its logits (the one-call graph's gate)."""
+
+    def __init__(self, model, index):
+        super().__init__()
+        self.gate = model.gates[str(index)]
+
+    def forward(self, hidden, attention_mask):
+        return gate_opens(self.gate(hidden, attention_mask))
 
 
 class ExitHead(nn.Module):

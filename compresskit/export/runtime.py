@@ -25,6 +25,7 @@ import onnxruntime as ort
 import torch
 
 from compresskit.errors import CompressKitError
+from compresskit.modeling.routing import gate_opens, plan, route
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,7 @@ class OnnxClassifier:
                         self.directory)
             self._one_call = ""
         self._tokenizer = None
+        self.num_labels = max(1, len(self._config.get("id2label") or {}))
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, **kwargs: Any) -> OnnxClassifier:
@@ -132,80 +134,10 @@ class OnnxClassifier:
         return self._routed(feeds, batch, layers)
 
     def _routed(self, feeds: dict[str, np.ndarray], batch: int, layers: int) -> RuntimeOutput:
-        gates, exits = self._gates, self._exits
-        # without a gate before it, layer 0 shares the embeddings' graph (one call less per batch)
-        fused = "embed.onnx" not in self._graphs
-        embedded = {} if fused else self._run("embed", feeds)
-        # the rows still running (original indices) and their states, compacted as rows exit: an
-        # example that runs every layer until it exits is never copied or scattered
-        rows, hidden, mask = np.arange(batch), embedded.get("hidden"), feeds["attention_mask"]
-        bias = embedded.get("position_bias")
-        # gated models: per running row, the logits of every later gate and of the head on its
-        # current state, from the last graph that changed it (a skipped layer leaves it as it was)
-        pending = np.zeros((batch, layers, 2), dtype=np.float32)
-        head = self._take_gates(pending, slice(None), embedded, -1) if gates and not fused else None
-        logits = None
-        ran = np.zeros((batch, layers), dtype=bool)
-        exit_layer = np.full(batch, layers)
-        state = ({k: v.numpy() for k, v in self.exit_rule.init_state(batch, torch.device("cpu")).items()}
-                 if self.exit_rule is not None else {})
-        for i in range(layers):
-            opened = pending[:, i, 1] > pending[:, i, 0] if i in gates else None
-            if opened is None or opened.all():
-                after = self._run(f"layer_{i}", feeds if fused and i == 0 else
-                                  {"hidden": hidden, "attention_mask": mask, "position_bias": bias})
-                hidden = after.pop("out")
-                bias = after.pop("position_bias", bias)
-                ran[rows, i] = True
-                if gates:
-                    head = self._take_gates(pending, slice(None), after, i)
-            elif not opened.any():  # every row skips layer i: states, gates and head logits stay
-                after = (self._run(f"after_{i}", {"out": hidden, "attention_mask": mask})
-                         if f"after_{i}.onnx" in self._graphs else {})
-            else:
-                hidden, after = self._partial_layer(i, hidden, mask, bias, opened, pending, head)
-                ran[rows[opened], i] = True
-            if i == layers - 1:
-                logits = _place(logits, rows, head if gates else after["logits"], batch)
-            elif i in exits:
-                leave = self.exit_rule.decide(i, after["exit_score"], rows, state)
-                logits = _place(logits, rows[leave], after["exit_logits"][leave], batch)
-                exit_layer[rows[leave]] = i + 1
-                if leave.any():
-                    keep = ~leave
-                    rows, hidden, mask, pending = rows[keep], hidden[keep], mask[keep], pending[keep]
-                    head = head[keep] if gates else None
-                    if not rows.size:
-                        break
-        return RuntimeOutput(logits, ran.sum(1).astype(np.float32), exit_layer, ran)
-
-    def _take_gates(self, pending: np.ndarray, which: np.ndarray | slice, out: dict[str, np.ndarray], index: int
-                    ) -> np.ndarray:
-        """Store the later gates' logits a graph after layer `index` computed for rows `which`; its head logits."""
-        later = self._later[index]
-        if later:
-            pending[(which, later) if isinstance(which, slice) else np.ix_(which, later)] = out["later_gates"]
-        return out["logits"]
-
-    def _partial_layer(self, i: int, hidden: np.ndarray, mask: np.ndarray, bias: np.ndarray | None,
-                       opened: np.ndarray, pending: np.ndarray, head: np.ndarray
-                       ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """Layer i on the rows whose gate opened; the others keep their states, gates and head
-        logits, and need a graph only for an exit after layer i (`after_i`)."""
-        run, skipped = np.flatnonzero(opened), np.flatnonzero(~opened)  # both non-empty here
-        out = self._run(f"layer_{i}", {"hidden": hidden[run], "attention_mask": mask[run], "position_bias": bias})
-        hidden[run] = out.pop("out")
-        head[run] = self._take_gates(pending, run, out, i)
-        if f"after_{i}.onnx" not in self._graphs:  # no exit after layer i: nothing to merge
-            return hidden, {}
-        parts = [(run, out), (skipped, self._run(f"after_{i}", {"out": hidden[skipped],
-                                                                "attention_mask": mask[skipped]}))]
-        merged = {}
-        for name in ("exit_logits", "exit_score"):
-            merged[name] = np.empty((len(opened), *out[name].shape[1:]), dtype=out[name].dtype)
-            for part_rows, values in parts:
-                merged[name][part_rows] = values[name]
-        return hidden, merged
+        steps = plan(layers, self._gates, self._exits)
+        routed = route(steps, _OnnxBackend(self, feeds, batch, layers))
+        return RuntimeOutput(routed.logits, routed.layer_mask.sum(1).astype(np.float32), routed.exit_layer,
+                             routed.layer_mask)
 
     # ---- text in, predictions out ----------------------------------------------------------------
     @property
@@ -267,9 +199,127 @@ class OnnxClassifier:
 
 
 
-def _place(logits: np.ndarray | None, rows: np.ndarray, values: np.ndarray, batch: int) -> np.ndarray:
-    """Write `values` into the batch's logits at `rows` (allocated on first use: the label count)."""
-    if logits is None:
-        logits = np.zeros((batch, values.shape[1]), dtype=values.dtype)
-    logits[rows] = values
-    return logits
+class NumpyOps:
+    def __init__(self, batch: int):
+        self.batch = batch
+
+    def all_rows(self):
+        return np.ones(self.batch, dtype=bool)
+
+    def logical_and(self, a, b):
+        return a & b
+
+    def logical_not(self, a):
+        return ~a
+
+    def where(self, condition, a, b):
+        return np.where(condition.reshape(-1, *([1] * (a.ndim - 1))), a, b)
+
+    def depth(self, value):
+        return np.full(self.batch, value)
+
+    def stack(self, columns):
+        return np.stack(columns, 1)
+
+    def any(self, mask):
+        return bool(mask.any())
+
+
+class _OnnxBackend:
+    """The per-layer graphs as a routing backend. Each layer's graph also computes what follows it
+    (exit logits and score; for gated models every later gate's logits and the head's), so the
+    arrays here hold, for the rows still running (`rows`, compacted as rows leave), their states and
+    the logits the last graph that changed them computed: a skipped layer costs no call, and only an
+    exit after a skipped layer needs its small `after_i` graph."""
+
+    def __init__(self, runtime: OnnxClassifier, feeds: dict[str, np.ndarray], batch: int, layers: int):
+        self.runtime, self.feeds, self.ops = runtime, feeds, NumpyOps(batch)
+        self.gated = bool(runtime._gates)
+        self.fused = "embed.onnx" not in runtime._graphs  # layer 0 shares the embeddings' graph
+        embedded = {} if self.fused else runtime._run("embed", feeds)
+        self.rows, self.hidden, self.mask = np.arange(batch), embedded.get("hidden"), feeds["attention_mask"]
+        self.bias = embedded.get("position_bias")
+        self.pending = np.zeros((batch, layers, 2), dtype=np.float32)  # later gates' logits per held row
+        self.head_logits = self._take_gates(slice(None), embedded, -1) if self.gated and not self.fused else None
+        self.after: dict[str, np.ndarray] = {}  # the last layer graph's other outputs, per held row
+        self.labels = runtime.num_labels
+
+    def _hold(self, running: np.ndarray) -> None:
+        """Keep the arrays for the running rows only (rows leave at exits, never come back)."""
+        keep = running[self.rows]
+        if not keep.all():
+            self.rows, self.hidden, self.mask = self.rows[keep], self.hidden[keep], self.mask[keep]
+            self.pending = self.pending[keep]
+            self.after = {k: v[keep] for k, v in self.after.items()}
+            if self.head_logits is not None:
+                self.head_logits = self.head_logits[keep]
+
+    def _full(self, values: np.ndarray, fill=0) -> np.ndarray:
+        out = np.full((self.ops.batch, *values.shape[1:]), fill, dtype=values.dtype)
+        out[self.rows] = values
+        return out
+
+    def _take_gates(self, which, out: dict[str, np.ndarray], index: int) -> np.ndarray:
+        """Store the later gates' logits a graph after layer `index` computed for rows `which`; its head logits."""
+        later = self.runtime._later[index]
+        if later:
+            self.pending[(which, later) if isinstance(which, slice) else np.ix_(which, later)] = out["later_gates"]
+        return out["logits"]
+
+    def gate(self, step, running):
+        self._hold(running)
+        return self._full(gate_opens(self.pending[:, step.layer]), False), None
+
+    def run_layer(self, step, runs):
+        if not step.gate:
+            self._hold(runs)
+        i, run = step.layer, self.runtime._run
+        opened = runs[self.rows]
+        if opened.all():
+            after = run(f"layer_{i}", self.feeds if self.fused and i == 0 else
+                        {"hidden": self.hidden, "attention_mask": self.mask, "position_bias": self.bias})
+            self.hidden = after.pop("out")
+            self.bias = after.pop("position_bias", self.bias)
+            if self.gated:
+                self.head_logits = self._take_gates(slice(None), after, i)
+        elif not opened.any():  # every held row skips layer i: states, gates and head logits stay
+            after = (run(f"after_{i}", {"out": self.hidden, "attention_mask": self.mask})
+                     if f"after_{i}.onnx" in self.runtime._graphs else {})
+        else:
+            after = self._partial_layer(i, opened)
+        self.after = after
+
+    def _partial_layer(self, i: int, opened: np.ndarray) -> dict[str, np.ndarray]:
+        """Layer i on the held rows whose gate opened; the others keep their states, gates and head
+        logits, and need a graph only for an exit after layer i (`after_i`)."""
+        run, skipped = np.flatnonzero(opened), np.flatnonzero(~opened)
+        out = self.runtime._run(f"layer_{i}", {"hidden": self.hidden[run], "attention_mask": self.mask[run],
+                                               "position_bias": self.bias})
+        self.hidden[run] = out.pop("out")
+        self.head_logits[run] = self._take_gates(run, out, i)
+        if f"after_{i}.onnx" not in self.runtime._graphs:  # no exit after layer i: nothing to merge
+            return {}
+        parts = [(run, out), (skipped, self.runtime._run(f"after_{i}", {"out": self.hidden[skipped],
+                                                                         "attention_mask": self.mask[skipped]}))]
+        merged = {}
+        for name in ("exit_logits", "exit_score"):
+            merged[name] = np.empty((len(opened), *out[name].shape[1:]), dtype=out[name].dtype)
+            for part_rows, values in parts:
+                merged[name][part_rows] = values[name]
+        return merged
+
+    def exit(self, step, running, state):
+        self._hold(running)
+        leave = self.runtime.exit_rule.decide(step.layer, self.after["exit_score"], self.rows, state)
+        return self._full(leave, False), self._full(self.after["exit_logits"]), None
+
+    def head(self, running):
+        self._hold(running)
+        return self._full(self.head_logits if self.gated else self.after["logits"])
+
+    def initial_logits(self):
+        return np.zeros((self.ops.batch, self.labels), dtype=np.float32)
+
+    def init_state(self):
+        rule = self.runtime.exit_rule
+        return {k: v.numpy() for k, v in rule.init_state(self.ops.batch, torch.device("cpu")).items()} if rule else {}

@@ -25,6 +25,13 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
     return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
 
 
+def sampled_straight_through(logits: torch.Tensor) -> torch.Tensor:
+    """Default training gate: a hard Bernoulli sample with the straight-through gradient."""
+    p_run = torch.softmax(logits, dim=-1)[..., 1]
+    hard = (torch.rand_like(p_run) < p_run).to(p_run.dtype)
+    return hard + p_run - p_run.detach()
+
+
 class LayerGate(nn.Module):
     """A one-hidden-layer FFN that scores 'run' vs 'skip' for the layer it guards."""
 

@@ -10,7 +10,6 @@ skips, and an exited example leaves the batch.
 from __future__ import annotations
 
 import contextlib
-import copy
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -21,19 +20,11 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrainedModel
 from transformers.utils import ModelOutput
 
-from compresskit.errors import ModelFormatError
 from compresskit.modeling.backbones import ADAPTERS
 from compresskit.modeling.config import CompressedConfig
-from compresskit.modeling.dynamic import ExitHead, LayerGate, build_exit_rule, pool
-
-GateEstimator = Callable[[torch.Tensor], torch.Tensor]
-
-
-def sampled_straight_through(logits: torch.Tensor) -> torch.Tensor:
-    """Default training gate: a hard Bernoulli sample with the straight-through gradient."""
-    p_run = torch.softmax(logits, dim=-1)[..., 1]
-    hard = (torch.rand_like(p_run) < p_run).to(p_run.dtype)
-    return hard + p_run - p_run.detach()
+from compresskit.modeling.dynamic import ExitHead, LayerGate, build_exit_rule, pool, sampled_straight_through
+from compresskit.modeling.routed import Route, routed_forward
+from compresskit.modeling.routing import gate_opens
 
 
 @dataclass
@@ -53,19 +44,6 @@ class CompressedOutput(ModelOutput):
     # with a forced `route`: per example, how clear the first decision was that this model would have
     # taken differently (inf: none); see `Route`
     route_margin: torch.Tensor | None = None
-
-
-@dataclass
-class Route:
-    """A route to follow instead of deciding: which layers run for each example, when it leaves.
-
-    Another runtime's route (an ONNX export's) replayed in PyTorch: the logits then compare like
-    for like, and `route_margin` says whether each decision PyTorch would have taken differently
-    was a near-tie (a margin within rounding) or a real disagreement.
-    """
-
-    layer_mask: torch.Tensor  # (batch, layers) bool
-    exit_layer: torch.Tensor  # (batch,) 1-based; the number of layers for examples that never exit
 
 
 class CompressedModelForSequenceClassification(PreTrainedModel):
@@ -102,7 +80,7 @@ class CompressedModelForSequenceClassification(PreTrainedModel):
         self.exit_pooling = config.exit_head_spec().pooling
         rule = config.exit_rule_spec()
         self.exit_rule = build_exit_rule(rule.model_dump(), len(specs), hidden) if rule else None
-        self.gate_estimator: GateEstimator = sampled_straight_through
+        self.gate_estimator: Callable[[torch.Tensor], torch.Tensor] = sampled_straight_through
         self.post_init()
 
     # ---- construction ----------------------------------------------------------------------
@@ -181,7 +159,9 @@ class CompressedModelForSequenceClassification(PreTrainedModel):
         if dynamic is None:
             dynamic = not self.training and self.is_dynamic
         if dynamic or route is not None:
-            out = self._routed_forward(hidden, attention_mask, additive, bias, route)
+            routed, margins = routed_forward(self, hidden, attention_mask, additive, bias, route)
+            out = CompressedOutput(logits=routed.logits, layers_executed=routed.layer_mask.sum(1).to(hidden.dtype),
+                                   layer_mask=routed.layer_mask, exit_layer=routed.exit_layer, route_margin=margins)
         else:
             out = self._full_forward(hidden, attention_mask, additive, bias, output_hidden_states,
                                      output_attentions, output_attention_scores)
@@ -211,7 +191,7 @@ class CompressedModelForSequenceClassification(PreTrainedModel):
                 new, attn = self.adapter.run_layer(layer, hidden, additive, bias, output_attentions)
             if str(i) in self.gates:
                 logits = self.gates[str(i)](hidden, mask)
-                g = self.gate_estimator(logits) if self.training else (logits[:, 1] > logits[:, 0]).to(new.dtype)
+                g = self.gate_estimator(logits) if self.training else gate_opens(logits).to(new.dtype)
                 gate_logits[i], gate_values[i] = logits, g
                 g3 = g[:, None, None]
                 new = g3 * new + (1 - g3) * hidden
@@ -260,70 +240,6 @@ class CompressedModelForSequenceClassification(PreTrainedModel):
         q, k = (out[key].view(out[key].shape[0], -1, heads, size).transpose(1, 2) for key in ("q", "k"))
         out["scores"] = q @ k.transpose(-1, -2) / math.sqrt(size)
 
-    @torch.no_grad()
-    def _routed_forward(self, hidden, mask, additive, bias, route: Route | None = None):
-        """Inference that skips work: each layer runs only on the rows that need it (or on `route`)."""
-        batch, device = hidden.shape[0], hidden.device
-        hidden = hidden.clone()
-        active = torch.arange(batch, device=device)  # examples that have not exited
-        logits_out = torch.zeros(batch, max(self.config.num_labels, 1), device=device, dtype=hidden.dtype)
-        layer_mask = torch.zeros(batch, self.num_layers, dtype=torch.bool, device=device)
-        exit_layer = torch.full((batch,), self.num_layers, device=device)
-        state = self.exit_rule.init_state(batch, device) if self.exit_rule is not None else {}
-        margins = _Margins(batch, device) if route is not None else None
-        last = self.num_layers - 1
-        for i, layer in enumerate(self.layers):
-            rows = active
-            if str(i) in self.gates:
-                gate_logits = self.gates[str(i)](hidden[rows], mask[rows])
-                opens = gate_logits[:, 1] > gate_logits[:, 0]
-                if margins is not None:
-                    opens = margins.follow(rows, opens, route.layer_mask[rows, i],
-                                           (gate_logits[:, 1] - gate_logits[:, 0]).abs())
-                rows = rows[opens]
-            if rows.numel():
-                hidden[rows], _ = self.adapter.run_layer(layer, hidden[rows], additive[rows], bias, False)
-                layer_mask[rows, i] = True
-            if i < last and str(i) in self.exit_heads and self.exit_rule is not None:
-                summary = self.exit_summary(hidden[active], mask[active])
-                exit_logits = self.exit_heads[str(i)](summary)
-                score = self.exit_rule.score(i, exit_logits, summary)
-                leave = self.exit_rule.decide(i, score, active, state)
-                if margins is not None:
-                    margin = margins.exit_margin(active, self.exit_rule, i, exit_logits, score)
-                    leave = margins.follow(active, leave, route.exit_layer[active] == i + 1, margin)
-                logits_out[active[leave]] = exit_logits[leave]
-                exit_layer[active[leave]] = i + 1
-                active = active[~leave]
-                if not active.numel():
-                    break
-        if active.numel():
-            logits_out[active] = self.adapter.head(self.backbone, hidden[active])
-        return CompressedOutput(logits=logits_out, layers_executed=layer_mask.sum(1).to(hidden.dtype),
-                                layer_mask=layer_mask, exit_layer=exit_layer,
-                                route_margin=margins.first if margins is not None else None)
-
-
-class _Margins:
-    """Bookkeeping of a forced route: per example, the margin of the first decision that differs."""
-
-    def __init__(self, batch: int, device: torch.device):
-        self.first = torch.full((batch,), math.inf, device=device)
-        self.seen = torch.full((batch,), math.inf, device=device)  # least clear exit score so far
-
-    def exit_margin(self, rows, rule, layer, logits, score) -> torch.Tensor:
-        margin = rule.margin(layer, logits, score).to(self.first.dtype)
-        if rule.remembers:  # the decision rests on every score so far
-            self.seen[rows] = torch.minimum(self.seen[rows], margin)
-            return self.seen[rows]
-        return margin
-
-    def follow(self, rows, own, forced, margin) -> torch.Tensor:
-        """The forced decision for `rows`; records `margin` where `own` differs for the first time."""
-        new = (own != forced) & torch.isinf(self.first[rows])
-        self.first[rows[new]] = margin[new]
-        return forced
-
 
 def register_auto_classes() -> None:
     """Let AutoConfig / AutoModelForSequenceClassification load compresskit checkpoints."""
@@ -331,49 +247,3 @@ def register_auto_classes() -> None:
     AutoModelForSequenceClassification.register(
         CompressedConfig, CompressedModelForSequenceClassification, exist_ok=True
     )
-
-
-def restructure(model: CompressedModelForSequenceClassification, config: CompressedConfig
-                ) -> CompressedModelForSequenceClassification:
-    """A model of structure `config` with every weight of `model` whose name and shape still fit.
-
-    For adding modules (gates, exit heads) to a model: new modules keep their fresh init. Layer
-    weights are matched by position, so it is not the tool for dropping layers.
-    """
-    new = CompressedModelForSequenceClassification(config)
-    target = new.state_dict()
-    carried = {k: v for k, v in model.state_dict().items() if k in target and target[k].shape == v.shape}
-    new.load_state_dict(carried, strict=False)
-    new.train(model.training)
-    return new
-
-
-def select_layers(model: CompressedModelForSequenceClassification, keep: list[int]
-                  ) -> CompressedModelForSequenceClassification:
-    """A copy of `model` with only the layers at positions `keep` (in order), weights carried over.
-
-    The layer specs keep their `source`, so the config still says which original layers these are.
-    """
-    if not keep or len(set(keep)) != len(keep) or not all(0 <= i < model.num_layers for i in keep):
-        raise ModelFormatError(f"cannot keep layers {keep} of a {model.num_layers}-layer model")
-    config = copy.deepcopy(model.config)
-    config.layers = [model.config.layers[i] for i in keep]
-    last = len(keep) - 1
-    config.layers[last] = {**config.layers[last], "exit": False}  # the last layer predicts with the head
-    new = CompressedModelForSequenceClassification(config)
-    prefix = f"backbone.{model.adapter.base_prefix}.encoder.layer."
-    state = {}
-    for name, value in model.state_dict().items():
-        if name.startswith(prefix):
-            index, rest = name[len(prefix):].split(".", 1)
-            if int(index) in keep:
-                state[f"{prefix}{keep.index(int(index))}.{rest}"] = value
-        elif name.startswith(("gates.", "exit_heads.")):
-            index, rest = name.split(".", 2)[1:]
-            if int(index) in keep and (name.startswith("gates.") or keep.index(int(index)) < last):
-                state[f"{name.split('.')[0]}.{keep.index(int(index))}.{rest}"] = value
-        else:
-            state[name] = value
-    new.load_state_dict(state)
-    new.train(model.training)
-    return new

@@ -2,23 +2,20 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 import torch
 from pydantic import Field
 from torch.nn import functional as F
 
-from compresskit.evaluation.evaluate import MODEL_INPUTS
-from compresskit.pipeline import PipelineState, StageContext
-from compresskit.registry import ModelShape, PlanContext, StageConfig, Strategy, register_strategy
+from compresskit.data.batches import model_inputs
+from compresskit.modeling.surgery import with_exit_heads
+from compresskit.registry import StageConfig, Strategy, register_strategy
+from compresskit.stage import ModelShape, PipelineState, PlanContext, StageContext
+from compresskit.training.calibration import CalibrationConfig, calibrate
 from compresskit.training.early_exit import (
-    CalibrationConfig,
     ExitHeadsConfig,
-    calibrate,
     layer_weighted_loss,
     plan_exit_heads,
     split_for_calibration,
-    with_exit_heads,
 )
 from compresskit.training.trainer import TrainingConfig, train, unwrap
 
@@ -37,7 +34,7 @@ class BERxiTConfig(StageConfig, ExitHeadsConfig):
 
 
 @register_strategy
-class BERxiTStrategy(Strategy):
+class BERxiTStrategy(Strategy[BERxiTConfig]):
     """BERxiT: a shared learning-to-exit module predicts whether a layer's answer is right.
 
     Trained by alternating epochs (final loss / exits' losses + exit-module MSE to "this layer is
@@ -50,13 +47,12 @@ class BERxiTStrategy(Strategy):
 
     name = "berxit"
     kind = "dynamic"
-    Config: ClassVar[type[StageConfig]] = BERxiTConfig
 
     def plan(self, shape: ModelShape, ctx: PlanContext) -> ModelShape:
         return plan_exit_heads(self.name, self.config, shape, ctx)
 
     def apply(self, state: PipelineState, ctx: StageContext) -> PipelineState:
-        cfg: BERxiTConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         model = with_exit_heads(state.model, {"name": "learned", "threshold": 0.5}, cfg.exit_pooling)
         train_rows, heldout = split_for_calibration(state.data["train"], cfg.calibration.fraction, ctx.seed)
         backbone = [p for n, p in model.named_parameters() if not n.startswith(("exit_heads.", "exit_rule."))]
@@ -77,11 +73,11 @@ class BERxiTStrategy(Strategy):
 
 
 def _final_loss(model, batch):
-    return model(**{k: v for k, v in batch.items() if k in (*MODEL_INPUTS, "labels")}).loss
+    return model(**model_inputs(batch, labels=True)).loss
 
 
 def _exits_and_lte_loss(model, batch):
-    out = model(**{k: v for k, v in batch.items() if k in MODEL_INPUTS})
+    out = model(**model_inputs(batch))
     rule = unwrap(model).exit_rule
     loss = layer_weighted_loss(out, batch["labels"], "uniform")
     layers = sorted(out.exit_logits)

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 from pydantic import Field
 
 from compresskit.errors import CompressKitError
-from compresskit.modeling.model import select_layers
-from compresskit.pipeline import PipelineState, StageContext
-from compresskit.registry import ModelShape, PlanContext, StageConfig, Strategy, register_strategy
+from compresskit.modeling.surgery import select_layers
+from compresskit.registry import StageConfig, Strategy, register_strategy
+from compresskit.stage import ModelShape, PipelineState, PlanContext, StageContext
 from compresskit.training.trainer import TrainingConfig, train
 
 
@@ -20,7 +18,7 @@ class BudgetedExitConfig(StageConfig, TrainingConfig):
 
 
 @register_strategy
-class BudgetedExitStrategy(Strategy):
+class BudgetedExitStrategy(Strategy[BudgetedExitConfig]):
     """Budgeted exit: every example uses the first k layers; the truncated model is fine-tuned.
 
     Example stage::
@@ -32,7 +30,6 @@ class BudgetedExitStrategy(Strategy):
 
     name = "budgeted_exit"
     kind = "static"
-    Config: ClassVar[type[StageConfig]] = BudgetedExitConfig
 
     def plan(self, shape: ModelShape, ctx: PlanContext) -> ModelShape:
         if self.config.k > shape.num_layers:
@@ -41,12 +38,12 @@ class BudgetedExitStrategy(Strategy):
         return shape.with_layers(min(self.config.k, shape.num_layers))
 
     def apply(self, state: PipelineState, ctx: StageContext) -> PipelineState:
-        cfg: BudgetedExitConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         if cfg.k > state.model.num_layers:
             raise CompressKitError(f"stage {ctx.name!r}: k={cfg.k} but the model has {state.model.num_layers} layers")
         state.model = select_layers(state.model, list(range(cfg.k)))
         settings = TrainingConfig.of(cfg)
-        result = train(state.model, state.data["train"], state.data[ctx.recipe.recipe.evaluation.split], state.task,
+        result = train(state.model, state.data["train"], state.data[ctx.eval_split], state.task,
                        state.tokenizer, settings, ctx.seed, desc=ctx.name)
         state.info = {"history": result.history, "k": cfg.k}
         return state

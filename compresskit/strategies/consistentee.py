@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import datasets
 import torch
@@ -34,19 +34,16 @@ from pydantic import Field
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from compresskit.evaluation.evaluate import MODEL_INPUTS
-from compresskit.pipeline import PipelineState, StageContext
-from compresskit.registry import ModelShape, PlanContext, StageConfig, Strategy, register_strategy
+from compresskit.data.batches import model_inputs
+from compresskit.modeling.surgery import with_exit_heads
+from compresskit.registry import StageConfig, Strategy, register_strategy
+from compresskit.stage import ModelShape, PipelineState, PlanContext, StageContext
+from compresskit.training.calibration import CalibrationConfig, all_exit_logits, choose_setting, replayed_metrics
 from compresskit.training.early_exit import (
-    CalibrationConfig,
     ExitHeadsConfig,
-    all_exit_logits,
-    choose_setting,
     layer_weighted_loss,
     plan_exit_heads,
-    replayed_metrics,
     split_for_calibration,
-    with_exit_heads,
 )
 from compresskit.training.trainer import TrainingConfig, require_finite, train, unwrap
 
@@ -80,7 +77,7 @@ class ConsistentEEConfig(StageConfig, ExitHeadsConfig):
 
 
 @register_strategy
-class ConsistentEEStrategy(Strategy):
+class ConsistentEEStrategy(Strategy[ConsistentEEConfig]):
     """ConsistentEE: per-layer policy networks trained by policy gradient decide when to exit.
 
     Example stage::
@@ -93,13 +90,12 @@ class ConsistentEEStrategy(Strategy):
 
     name = "consistentee"
     kind = "dynamic"
-    Config: ClassVar[type[StageConfig]] = ConsistentEEConfig
 
     def plan(self, shape: ModelShape, ctx: PlanContext) -> ModelShape:
         return plan_exit_heads(self.name, self.config, shape, ctx)
 
     def apply(self, state: PipelineState, ctx: StageContext) -> PipelineState:
-        cfg: ConsistentEEConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         model = with_exit_heads(state.model, {"name": "policy", "policy_hidden": cfg.policy_hidden},
                                 cfg.exit_pooling)
         rows, heldout = split_for_calibration(state.data["train"], cfg.calibration.fraction, ctx.seed)
@@ -246,7 +242,7 @@ def policy_gradient_loss(exit_prob: torch.Tensor, layer_ce: torch.Tensor, memori
 
 
 def _inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v for k, v in batch.items() if k in MODEL_INPUTS}
+    return model_inputs(batch)
 
 
 def _all_layer_logits(out) -> torch.Tensor:

@@ -21,28 +21,22 @@ import functools
 import itertools
 import logging
 import math
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from pydantic import Field, model_validator
 from torch.nn import functional as F
 
-from compresskit.evaluation.evaluate import MODEL_INPUTS, count_parameters, flops_per_example, loader
+from compresskit.data.batches import loader, model_inputs
+from compresskit.evaluation.flops import count_parameters, flops_per_example
 from compresskit.modeling.model import CompressedModelForSequenceClassification
-from compresskit.pipeline import PipelineState, StageContext
-from compresskit.registry import ModelShape, PlanContext, StageConfig, Strategy, register_strategy
-from compresskit.strategies.structured_prune import StructuredPruneConfig, prune
+from compresskit.modeling.pruning import PruneSettings, prune
+from compresskit.modeling.surgery import with_exit_heads
+from compresskit.registry import StageConfig, Strategy, register_strategy
+from compresskit.stage import ModelShape, PipelineState, PlanContext, StageContext
+from compresskit.training.calibration import CalibrationConfig, all_exit_logits, calibrate, replayed_metrics
 from compresskit.training.distillation import token_mse
-from compresskit.training.early_exit import (
-    CalibrationConfig,
-    ExitHeadsConfig,
-    all_exit_logits,
-    calibrate,
-    plan_exit_heads,
-    replayed_metrics,
-    split_for_calibration,
-    with_exit_heads,
-)
+from compresskit.training.early_exit import ExitHeadsConfig, plan_exit_heads, split_for_calibration
 from compresskit.training.trainer import TrainingConfig, train
 
 log = logging.getLogger(__name__)
@@ -75,7 +69,7 @@ class CostEffConfig(StageConfig, ExitHeadsConfig):
 
 
 @register_strategy
-class CostEffStrategy(Strategy):
+class CostEffStrategy(Strategy[CostEffConfig]):
     """COST-EFF: slenderize width by Taylor importance, exit after every layer, distil; entropy exits.
 
     The incoming (fine-tuned) model is also the teacher. Example stage::
@@ -88,7 +82,6 @@ class CostEffStrategy(Strategy):
 
     name = "cost_eff"
     kind = "dynamic"
-    Config: ClassVar[type[StageConfig]] = CostEffConfig
 
     def plan(self, shape: ModelShape, ctx: PlanContext) -> ModelShape:
         if shape.model_type == "mpnet" and self.config.head_ratio > 0:
@@ -97,10 +90,10 @@ class CostEffStrategy(Strategy):
         return plan_exit_heads(self.name, self.config, shape, ctx)
 
     def apply(self, state: PipelineState, ctx: StageContext) -> PipelineState:
-        cfg: CostEffConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         teacher = copy.deepcopy(state.model).eval().requires_grad_(False)
         train_rows, heldout = split_for_calibration(state.data["train"], cfg.calibration.fraction, ctx.seed)
-        eval_set = state.data[ctx.recipe.recipe.evaluation.split]
+        eval_set = state.data[ctx.eval_split]
         exits_loss = functools.partial(multi_exit_loss, teacher=teacher, temperature=cfg.temperature)
         both_loss = functools.partial(multi_exit_loss, teacher=teacher, temperature=cfg.temperature,
                                       representation=True)
@@ -121,10 +114,10 @@ class CostEffStrategy(Strategy):
         for step in range(1, cfg.prune_steps + 1):
             heads, ffn = cfg.head_ratio * step / cfg.prune_steps, cfg.ffn_ratio * step / cfg.prune_steps
             # a step's ratio is of what the previous steps left
-            step_cfg = StructuredPruneConfig(strategy="structured_prune", importance="taylor",
+            step_cfg = PruneSettings(importance="taylor",
                                              head_ratio=1 - (1 - heads) / (1 - done_heads),
                                              ffn_ratio=1 - (1 - ffn) / (1 - done_ffn))
-            batches = [{k: v for k, v in b.items() if k in (*MODEL_INPUTS, "labels")}
+            batches = [model_inputs(b, labels=True)
                        for b in itertools.islice(data, cfg.taylor_batches)]
             model = prune(model, batches, step_cfg, loss_fn=exits_loss)
             done_heads, done_ffn = heads, ffn
@@ -159,7 +152,7 @@ def soft_targets(teacher_logits: torch.Tensor, labels: torch.Tensor, temperature
 def multi_exit_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], teacher: torch.nn.Module,
                     temperature: float, representation: bool = False) -> torch.Tensor:
     """Soft cross-entropy of every exit and the final head against `soft_targets` (+ hidden MSE)."""
-    inputs = {k: v for k, v in batch.items() if k in MODEL_INPUTS}
+    inputs = model_inputs(batch)
     out = model(**inputs, dynamic=False, output_hidden_states=representation)
     with torch.no_grad():
         ref = teacher(**inputs, dynamic=False, output_hidden_states=representation)
@@ -173,7 +166,7 @@ def multi_exit_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], teac
 
 def representation_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], teacher: torch.nn.Module
                         ) -> torch.Tensor:
-    inputs = {k: v for k, v in batch.items() if k in MODEL_INPUTS}
+    inputs = model_inputs(batch)
     out = model(**inputs, dynamic=False, output_hidden_states=True)
     with torch.no_grad():
         ref = teacher(**inputs, dynamic=False, output_hidden_states=True)

@@ -3,21 +3,19 @@
 from __future__ import annotations
 
 import math
-from typing import ClassVar
 
 from pydantic import Field
 
-from compresskit.evaluation.evaluate import MODEL_INPUTS
-from compresskit.pipeline import PipelineState, StageContext
-from compresskit.registry import ModelShape, PlanContext, StageConfig, Strategy, register_strategy
+from compresskit.data.batches import model_inputs
+from compresskit.modeling.surgery import with_exit_heads
+from compresskit.registry import StageConfig, Strategy, register_strategy
+from compresskit.stage import ModelShape, PipelineState, PlanContext, StageContext
+from compresskit.training.calibration import CalibrationConfig, calibrate
 from compresskit.training.early_exit import (
-    CalibrationConfig,
     ExitHeadsConfig,
-    calibrate,
     layer_weighted_loss,
     plan_exit_heads,
     split_for_calibration,
-    with_exit_heads,
 )
 from compresskit.training.trainer import TrainingConfig, train
 
@@ -34,7 +32,7 @@ class DeeBERTConfig(StageConfig, ExitHeadsConfig):
 
 
 @register_strategy
-class DeeBERTStrategy(Strategy):
+class DeeBERTStrategy(Strategy[DeeBERTConfig]):
     """DeeBERT: exit heads trained on a frozen fine-tuned model; exit when entropy < threshold.
 
     Stage 1 is the incoming (fine-tuned) model. The threshold is calibrated on held-out training
@@ -47,13 +45,12 @@ class DeeBERTStrategy(Strategy):
 
     name = "deebert"
     kind = "dynamic"
-    Config: ClassVar[type[StageConfig]] = DeeBERTConfig
 
     def plan(self, shape: ModelShape, ctx: PlanContext) -> ModelShape:
         return plan_exit_heads(self.name, self.config, shape, ctx)
 
     def apply(self, state: PipelineState, ctx: StageContext) -> PipelineState:
-        cfg: DeeBERTConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         model = with_exit_heads(state.model, {"name": "entropy", "threshold": 0.0}, cfg.exit_pooling)
         train_rows, heldout = split_for_calibration(state.data["train"], cfg.calibration.fraction, ctx.seed)
         model.requires_grad_(False)
@@ -72,5 +69,5 @@ class DeeBERTStrategy(Strategy):
 
 
 def _exits_loss(model, batch):
-    out = model(**{k: v for k, v in batch.items() if k in MODEL_INPUTS})
+    out = model(**model_inputs(batch))
     return layer_weighted_loss(out, batch["labels"], "uniform", include_final=False)

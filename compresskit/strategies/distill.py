@@ -9,7 +9,7 @@ to the teacher's logits at temperature T, optionally mixed with the hard-label l
 from __future__ import annotations
 
 import logging
-from typing import Any, ClassVar
+from typing import Any
 
 import datasets
 import torch
@@ -17,13 +17,14 @@ from pydantic import Field, model_validator
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
+from compresskit.data.batches import loader, model_inputs
 from compresskit.data.loading import tokenize
 from compresskit.errors import CompressKitError
-from compresskit.evaluation.evaluate import MODEL_INPUTS, loader
 from compresskit.modeling.loading import load_model
-from compresskit.modeling.model import CompressedModelForSequenceClassification, select_layers
-from compresskit.pipeline import PipelineState, StageContext
-from compresskit.registry import ModelShape, PlanContext, StageConfig, Strategy, register_strategy
+from compresskit.modeling.model import CompressedModelForSequenceClassification
+from compresskit.modeling.surgery import select_layers
+from compresskit.registry import StageConfig, Strategy, register_strategy
+from compresskit.stage import ModelShape, PipelineState, PlanContext, StageContext
 from compresskit.training.augment import WordNeighbours, augment_dataset
 from compresskit.training.collate import TEACHER_PREFIX, TeacherStudentCollator
 from compresskit.training.distillation import attention_mse, token_mse
@@ -75,7 +76,7 @@ class DistillConfig(StageConfig):
 
 
 @register_strategy
-class DistillStrategy(Strategy):
+class DistillStrategy(Strategy[DistillConfig]):
     """TinyBERT distillation: intermediate-layer then prediction distillation into a smaller student.
 
     Example stage::
@@ -88,7 +89,6 @@ class DistillStrategy(Strategy):
 
     name = "distill"
     kind = "static"
-    Config: ClassVar[type[StageConfig]] = DistillConfig
 
     def check(self, stage_names: list[str], index: int) -> list[tuple[str, str]]:
         teacher = self.config.teacher
@@ -100,7 +100,7 @@ class DistillStrategy(Strategy):
         return [self.config.student] if self.config.student is not None else []
 
     def plan(self, shape: ModelShape, ctx: PlanContext) -> ModelShape:
-        cfg: DistillConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         teacher = ctx.shapes.get(cfg.teacher, shape) if cfg.teacher is not None else shape
         student: ModelShape | None = shape
         if cfg.student is not None:
@@ -125,7 +125,7 @@ class DistillStrategy(Strategy):
         return student
 
     def apply(self, state: PipelineState, ctx: StageContext) -> PipelineState:
-        cfg: DistillConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         teacher = state.model if cfg.teacher is None else ctx.load_model(cfg.teacher)
         teacher_tokenizer = state.tokenizer if cfg.teacher is None else _tokenizer(ctx.model_path(cfg.teacher))
         teacher = teacher.eval().requires_grad_(False)
@@ -149,7 +149,7 @@ class DistillStrategy(Strategy):
         if not shared_ids:
             train_set = _with_teacher_ids(train_set, raw_train, teacher_tokenizer, state.max_length)
         collate = TeacherStudentCollator(student_tokenizer, None if shared_ids else teacher_tokenizer)
-        eval_set = student_state.data[ctx.recipe.recipe.evaluation.split]
+        eval_set = student_state.data[ctx.eval_split]
         info: dict[str, Any] = {"layer_map": layer_map, "teacher_layers": teacher.num_layers,
                                 "student_layers": student.num_layers, "train_rows": len(train_set), "history": {}}
 
@@ -170,7 +170,7 @@ class DistillStrategy(Strategy):
                              max_length=state.max_length, info=info)
 
     def _intermediate(self, student, teacher, layer_map, train_set, eval_set, student_state, ctx, collate, info):
-        cfg: DistillConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         s_hidden, t_hidden = student.config.backbone["hidden_size"], teacher.config.backbone["hidden_size"]
         # attached to the student while it trains, so accelerate/DDP treat it as one of its parameters
         student.distill_projection = (torch.nn.Linear(s_hidden, t_hidden) if s_hidden != t_hidden
@@ -194,7 +194,7 @@ class DistillStrategy(Strategy):
         return list(layer_map)
 
     def _training(self, epochs: float, lr: float) -> TrainingConfig:
-        cfg: DistillConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         return TrainingConfig(epochs=epochs, learning_rate=lr, batch_size=cfg.batch_size,
                               warmup_ratio=cfg.warmup_ratio)
 
@@ -207,7 +207,7 @@ class _IntermediateLoss:
 
     def __call__(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         cfg, scores = self.cfg, self.cfg.alpha_attention > 0
-        inputs = {k: v for k, v in batch.items() if k in MODEL_INPUTS}
+        inputs = model_inputs(batch)
         out = model(**inputs, output_hidden_states=True, output_attention_scores=scores)
         with torch.no_grad():
             # dynamic=False: a gated or early-exit teacher still yields every layer's states (full pass)
@@ -231,7 +231,7 @@ class _PredictionLoss:
         self.t, self.hard, self.regression = temperature, hard_weight, regression
 
     def __call__(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        out = model(**{k: v for k, v in batch.items() if k in MODEL_INPUTS}, labels=batch["labels"])
+        out = model(**model_inputs(batch), labels=batch["labels"])
         target = batch["teacher_logits"]
         if self.regression:
             soft = F.mse_loss(out.logits, target)
@@ -242,7 +242,7 @@ class _PredictionLoss:
 
 def _teacher_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     own = {k[len(TEACHER_PREFIX):]: v for k, v in batch.items() if k.startswith(TEACHER_PREFIX)}
-    return own or {k: v for k, v in batch.items() if k in MODEL_INPUTS}
+    return own or model_inputs(batch)
 
 
 def _tokenizer(path):

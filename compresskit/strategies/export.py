@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import Field
 
-from compresskit.evaluation.evaluate import MODEL_INPUTS, loader
+from compresskit.data.batches import loader, model_inputs
 from compresskit.export import OnnxClassifier, export_model
 from compresskit.export.agreement import Agreement, agreement, agreement_one_at_a_time
-from compresskit.pipeline import PipelineState, StageContext
 from compresskit.registry import StageConfig, Strategy, register_strategy
+from compresskit.stage import PipelineState, StageContext
 
 
 class ExportConfig(StageConfig):
@@ -22,7 +22,7 @@ class ExportConfig(StageConfig):
 
 
 @register_strategy
-class ExportStrategy(Strategy):
+class ExportStrategy(Strategy[ExportConfig]):
     """Export to ONNX Runtime (static: Optimum; dynamic: per-part graphs that skip work) into `onnx/`.
 
     The model passes through unchanged; the stage directory gets `onnx/` and `stage.json` the
@@ -34,13 +34,12 @@ class ExportStrategy(Strategy):
 
     name = "export"
     kind = "export"
-    Config: ClassVar[type[StageConfig]] = ExportConfig
 
     def apply(self, state: PipelineState, ctx: StageContext) -> PipelineState:
-        cfg: ExportConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         target = ctx.work_dir / "onnx"
         manifest = export_model(state.model, state.tokenizer, target, quantize=cfg.quantize, atol=cfg.atol)
-        split = ctx.recipe.recipe.evaluation.split
+        split = ctx.eval_split
         info: dict[str, Any] = {"manifest": manifest, "directory": "onnx",
                                 split: compare(state.model, OnnxClassifier(target), state.data[split], state.tokenizer,
                                                atol=cfg.atol)}
@@ -64,7 +63,7 @@ def compare(model: torch.nn.Module, runtime: OnnxClassifier, dataset: Any, token
     tolerance = atol if atol is not None else 0.0
     batched, alone = Agreement(), Agreement()
     for batch in loader(dataset, tokenizer, 64):
-        inputs = {k: v for k, v in batch.items() if k in MODEL_INPUTS}
+        inputs = model_inputs(batch)
         batched.add(agreement(model, runtime, inputs, tolerance, labels=batch["labels"]))
         if one_at_a_time and runtime.manifest["kind"] == "dynamic":
             alone.add(agreement_one_at_a_time(model, runtime, inputs, tolerance))

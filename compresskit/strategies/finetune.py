@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
-
-from compresskit.pipeline import PipelineState, StageContext
 from compresskit.registry import StageConfig, Strategy, register_strategy
+from compresskit.stage import PipelineState, StageContext
 from compresskit.training.trainer import TrainingConfig, train
 
 
@@ -14,7 +12,7 @@ class FinetuneConfig(StageConfig, TrainingConfig):
 
 
 @register_strategy
-class FinetuneStrategy(Strategy):
+class FinetuneStrategy(Strategy[FinetuneConfig]):
     """Fine-tune every weight of the model on the task with the task loss.
 
     Example stage::
@@ -28,11 +26,10 @@ class FinetuneStrategy(Strategy):
 
     name = "finetune"
     kind = "training"
-    Config: ClassVar[type[StageConfig]] = FinetuneConfig
 
     def apply(self, state: PipelineState, ctx: StageContext) -> PipelineState:
         settings = TrainingConfig.of(self.config)
-        result = train(state.model, state.data["train"], state.data[ctx.recipe.recipe.evaluation.split],
+        result = train(state.model, state.data["train"], state.data[ctx.eval_split],
                        state.task, state.tokenizer, settings, seed=ctx.seed, desc=ctx.name)
         state.info = {"history": result.history, "seconds_per_epoch": result.seconds_per_epoch,
                       "best": result.best_metrics}

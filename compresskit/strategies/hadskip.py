@@ -18,18 +18,20 @@ import os
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import torch
 from accelerate import PartialState
 from pydantic import Field, model_validator
 
+from compresskit.data.batches import model_inputs
 from compresskit.errors import CompressKitError
-from compresskit.evaluation.evaluate import MODEL_INPUTS, layer_usage, plot_layer_usage
+from compresskit.evaluation.usage import layer_usage, plot_layer_usage
 from compresskit.modeling.config import GateSpec
-from compresskit.modeling.model import CompressedModelForSequenceClassification, restructure
-from compresskit.pipeline import PipelineState, StageContext
-from compresskit.registry import ModelShape, PlanContext, StageConfig, Strategy, register_strategy
+from compresskit.modeling.model import CompressedModelForSequenceClassification
+from compresskit.modeling.surgery import with_gates
+from compresskit.registry import StageConfig, Strategy, register_strategy
+from compresskit.stage import ModelShape, PipelineState, PlanContext, StageContext
 from compresskit.training.distillation import attention_mse, prediction_kl, token_mse
 from compresskit.training.estimators import ESTIMATORS
 from compresskit.training.trainer import TrainingConfig, train
@@ -75,7 +77,7 @@ class HadSkipConfig(StageConfig):
 
 
 @register_strategy
-class HadSkipStrategy(Strategy):
+class HadSkipStrategy(Strategy[HadSkipConfig]):
     """Learned per-example layer skipping under a layer budget (gates + ReinMax + homotopy + KD).
 
     Example stage::
@@ -87,7 +89,6 @@ class HadSkipStrategy(Strategy):
 
     name = "hadskip"
     kind = "dynamic"
-    Config: ClassVar[type[StageConfig]] = HadSkipConfig
 
     def plan(self, shape: ModelShape, ctx: PlanContext) -> ModelShape:
         if self.config.budget is not None and self.config.budget > shape.num_layers:
@@ -96,8 +97,8 @@ class HadSkipStrategy(Strategy):
         return replace(shape, dynamic=True)
 
     def apply(self, state: PipelineState, ctx: StageContext) -> PipelineState:
-        cfg: HadSkipConfig = self.config  # type: ignore[assignment]
-        eval_split = ctx.recipe.recipe.evaluation.split
+        cfg = self.config
+        eval_split = ctx.eval_split
         info: dict[str, Any] = {"history": {}}
         # every phase is checkpointed: a killed run resumes after the last finished phase
         phase = functools.partial(_resumable_phase, ctx.checkpoint_dir, info["history"])
@@ -174,11 +175,8 @@ def _resumable_phase(checkpoint_dir: Path, history: dict[str, Any], name: str, m
 
 def gated(model: CompressedModelForSequenceClassification, cfg: HadSkipConfig
           ) -> CompressedModelForSequenceClassification:
-    """The same model with a gate before every layer."""
-    config = copy.deepcopy(model.config)
-    config.layers = [{**spec, "gate": True} for spec in config.layers]
-    config.gate = GateSpec(hidden_size=cfg.gate_hidden_size, pooling=cfg.gate_pooling).model_dump()
-    new = restructure(model, config)
+    """The same model with a gate before every layer, trained through the configured estimator."""
+    new = with_gates(model, GateSpec(hidden_size=cfg.gate_hidden_size, pooling=cfg.gate_pooling))
     new.gate_estimator = functools.partial(ESTIMATORS[cfg.estimator], tau=cfg.tau,
                                            stochastic=cfg.gate_forward == "sample")
     return new
@@ -195,7 +193,7 @@ def budget_schedule(layers: int, budget: float, homotopic: bool) -> list[float]:
 def stage3_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], teacher: torch.nn.Module | None,
                 target: float, cfg: HadSkipConfig) -> torch.Tensor:
     """Task loss + beta * (mean gate - s/L)^2 + the four distillation terms (paper, appendix B)."""
-    inputs = {k: v for k, v in batch.items() if k in MODEL_INPUTS}
+    inputs = model_inputs(batch)
     want_maps = teacher is not None and cfg.alpha_attention > 0
     out = model(**inputs, labels=batch["labels"], output_hidden_states=teacher is not None,
                 output_attentions=want_maps)

@@ -17,7 +17,7 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import datasets
 import torch
@@ -26,9 +26,10 @@ from pydantic import Field, model_validator
 from compresskit.errors import CompressKitError
 from compresskit.evaluation.evaluate import evaluate
 from compresskit.files import write_json
-from compresskit.modeling.model import CompressedModelForSequenceClassification, select_layers
-from compresskit.pipeline import PipelineState, StageContext
-from compresskit.registry import ModelShape, PlanContext, StageConfig, Strategy, register_strategy
+from compresskit.modeling.model import CompressedModelForSequenceClassification
+from compresskit.modeling.surgery import select_layers
+from compresskit.registry import StageConfig, Strategy, register_strategy
+from compresskit.stage import ModelShape, PipelineState, PlanContext, StageContext
 from compresskit.training.trainer import TrainingConfig, train
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,7 @@ class LayerPruneConfig(StageConfig):
 
 
 @register_strategy
-class LayerPruneStrategy(Strategy):
+class LayerPruneStrategy(Strategy[LayerPruneConfig]):
     """Greedy Layer Pruning: drop, one at a time, the layer whose removal hurts held-out data least.
 
     Usually followed by a fine-tune or distill stage. Example stage::
@@ -71,10 +72,9 @@ class LayerPruneStrategy(Strategy):
 
     name = "layer_prune"
     kind = "static"
-    Config: ClassVar[type[StageConfig]] = LayerPruneConfig
 
     def plan(self, shape: ModelShape, ctx: PlanContext) -> ModelShape:
-        cfg: LayerPruneConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         layers = shape.num_layers
         if cfg.method == "explicit":
             bad = [i for i in cfg.layers or [] if not 0 <= i < layers]
@@ -91,7 +91,7 @@ class LayerPruneStrategy(Strategy):
         return shape.with_layers(min(cfg.target_layers or layers, layers))
 
     def apply(self, state: PipelineState, ctx: StageContext) -> PipelineState:
-        cfg: LayerPruneConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         layers = state.model.num_layers
         target = cfg.target_layers if cfg.method != "explicit" else layers - len(set(cfg.layers))
         if not 1 <= target <= layers:
@@ -112,7 +112,7 @@ class LayerPruneStrategy(Strategy):
         return state
 
     def _greedy(self, state: PipelineState, ctx: StageContext, target: int) -> tuple[list[int], list, float]:
-        cfg: LayerPruneConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         ctx.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         progress_path = ctx.checkpoint_dir / "search.json"
         progress = {"steps": [], "seconds": 0.0}

@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 from pydantic import Field
 
-from compresskit.evaluation.evaluate import MODEL_INPUTS
-from compresskit.pipeline import PipelineState, StageContext
-from compresskit.registry import ModelShape, PlanContext, StageConfig, Strategy, register_strategy
+from compresskit.data.batches import model_inputs
+from compresskit.modeling.surgery import with_exit_heads
+from compresskit.registry import StageConfig, Strategy, register_strategy
+from compresskit.stage import ModelShape, PipelineState, PlanContext, StageContext
+from compresskit.training.calibration import CalibrationConfig, calibrate
 from compresskit.training.early_exit import (
-    CalibrationConfig,
     ExitHeadsConfig,
-    calibrate,
     layer_weighted_loss,
     plan_exit_heads,
     split_for_calibration,
-    with_exit_heads,
 )
 from compresskit.training.trainer import TrainingConfig, train
 
@@ -45,12 +42,12 @@ def train_jointly(state: PipelineState, ctx: StageContext, cfg: PABEEConfig, rul
 
 
 def _weighted_loss(model, batch):
-    out = model(**{k: v for k, v in batch.items() if k in MODEL_INPUTS})
+    out = model(**model_inputs(batch))
     return layer_weighted_loss(out, batch["labels"], "linear")
 
 
 @register_strategy
-class PABEEStrategy(Strategy):
+class PABEEStrategy(Strategy[PABEEConfig]):
     """PABEE: exit when the prediction has not changed for `patience` consecutive layers.
 
     Trained on the layer-weighted sum of the exits' losses; patience calibrated on held-out
@@ -63,7 +60,6 @@ class PABEEStrategy(Strategy):
 
     name = "pabee"
     kind = "dynamic"
-    Config: ClassVar[type[StageConfig]] = PABEEConfig
 
     def plan(self, shape: ModelShape, ctx: PlanContext) -> ModelShape:
         return plan_exit_heads(self.name, self.config, shape, ctx)

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 from pydantic import Field
 
-from compresskit.pipeline import PipelineState, StageContext
-from compresskit.registry import ModelShape, PlanContext, StageConfig, Strategy, register_strategy
+from compresskit.registry import Strategy, register_strategy
+from compresskit.stage import ModelShape, PipelineState, PlanContext, StageContext
 from compresskit.strategies.pabee import PABEEConfig, train_jointly
-from compresskit.training.early_exit import calibrate, plan_exit_heads
+from compresskit.training.calibration import calibrate
+from compresskit.training.early_exit import plan_exit_heads
 
 
 class PCEEConfig(PABEEConfig):
@@ -20,7 +19,7 @@ class PCEEConfig(PABEEConfig):
 
 
 @register_strategy
-class PCEEStrategy(Strategy):
+class PCEEStrategy(Strategy[PCEEConfig]):
     """PCEE-BERT: exit when normalised entropy < threshold for `patience` layers in a row.
 
     Trained like PABEE; the threshold is calibrated on held-out training rows. Example stage::
@@ -32,13 +31,12 @@ class PCEEStrategy(Strategy):
 
     name = "pcee"
     kind = "dynamic"
-    Config: ClassVar[type[StageConfig]] = PCEEConfig
 
     def plan(self, shape: ModelShape, ctx: PlanContext) -> ModelShape:
         return plan_exit_heads(self.name, self.config, shape, ctx)
 
     def apply(self, state: PipelineState, ctx: StageContext) -> PipelineState:
-        cfg: PCEEConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         rule = {"name": "patience_confidence", "threshold": 0.0, "patience": cfg.patience}
         model, heldout, result = train_jointly(state, ctx, cfg, rule)
         candidates = [i / (cfg.thresholds - 1) for i in range(cfg.thresholds)]

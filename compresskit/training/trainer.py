@@ -22,9 +22,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase, get_linear_schedule_with_warmup
 
+from compresskit.data.batches import loader, model_inputs
 from compresskit.data.tasks import TaskSpec
 from compresskit.errors import TrainingError
-from compresskit.evaluation.evaluate import MODEL_INPUTS, evaluate, loader
+from compresskit.evaluation.evaluate import evaluate
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +85,7 @@ def require_finite(loss: torch.Tensor, where: str) -> None:
 
 
 def default_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    return model(**{k: v for k, v in batch.items() if k in (*MODEL_INPUTS, "labels")}).loss
+    return model(**model_inputs(batch, labels=True)).loss
 
 
 def train(
