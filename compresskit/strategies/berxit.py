@@ -7,34 +7,23 @@ from pydantic import Field
 from torch.nn import functional as F
 
 from compresskit.data.batches import model_inputs
-from compresskit.modeling.surgery import with_exit_heads
-from compresskit.registry import StageConfig, Strategy, register_strategy
-from compresskit.stage import ModelShape, PipelineState, PlanContext, StageContext
-from compresskit.training.calibration import CalibrationConfig, calibrate
-from compresskit.training.early_exit import (
-    ExitHeadsConfig,
-    layer_weighted_loss,
-    plan_exit_heads,
-    split_for_calibration,
-)
-from compresskit.training.trainer import TrainingConfig, train, unwrap
+from compresskit.registry import register_strategy
+from compresskit.training.early_exit import EarlyExitStrategy, ExitStageConfig, layer_weighted_loss, train_exits
+from compresskit.training.trainer import unwrap
 
 
-class BERxiTConfig(StageConfig, ExitHeadsConfig):
+class BERxiTConfig(ExitStageConfig):
     """Recipe keys of a `berxit` stage."""
 
     epochs: int = Field(2, ge=2, description="alternating epochs: odd ones train the final head's loss, even "
                         "ones the exits' losses and the exit module")
     learning_rate: float = Field(2e-5, gt=0, description="of the backbone")
     exit_learning_rate: float = Field(5e-4, gt=0, description="of the exit heads and the exit module")
-    batch_size: int = Field(32, ge=1)
-    thresholds: int = Field(40, ge=2, description="certainty thresholds tried, evenly in [0, 1]")
-    calibration: CalibrationConfig = Field(default_factory=CalibrationConfig, description="how the exit setting is "
-                                         "chosen on held-out training rows")
+    thresholds: int = Field(40, ge=2, le=10_000, description="certainty thresholds tried, evenly in [0, 1]")
 
 
 @register_strategy
-class BERxiTStrategy(Strategy[BERxiTConfig]):
+class BERxiTStrategy(EarlyExitStrategy[BERxiTConfig]):
     """BERxiT: a shared learning-to-exit module predicts whether a layer's answer is right.
 
     Trained by alternating epochs (final loss / exits' losses + exit-module MSE to "this layer is
@@ -46,30 +35,26 @@ class BERxiTStrategy(Strategy[BERxiTConfig]):
     """
 
     name = "berxit"
-    kind = "dynamic"
 
-    def plan(self, shape: ModelShape, ctx: PlanContext) -> ModelShape:
-        return plan_exit_heads(self.name, self.config, shape, ctx)
+    def rule(self):
+        return {"name": "learned", "threshold": 0.5}
 
-    def apply(self, state: PipelineState, ctx: StageContext) -> PipelineState:
+    def fit(self, model, rows, state, ctx):
         cfg = self.config
-        model = with_exit_heads(state.model, {"name": "learned", "threshold": 0.5}, cfg.exit_pooling)
-        train_rows, heldout = split_for_calibration(state.data["train"], cfg.calibration.fraction, ctx.seed)
         backbone = [p for n, p in model.named_parameters() if not n.startswith(("exit_heads.", "exit_rule."))]
         exits = list(model.exit_heads.parameters()) + list(model.exit_rule.parameters())
         history = []
         for epoch in range(cfg.epochs):
             final_phase = epoch % 2 == 0
             groups = [{"params": backbone}] + ([] if final_phase else [{"params": exits, "lr": cfg.exit_learning_rate}])
-            result = train(model, train_rows, None, state.task, state.tokenizer,
-                           TrainingConfig(epochs=1, learning_rate=cfg.learning_rate, batch_size=cfg.batch_size),
-                           ctx.seed + epoch, loss_fn=_final_loss if final_phase else _exits_and_lte_loss,
-                           parameters=groups, desc=f"{ctx.name} {'final' if final_phase else 'exits'} {epoch + 1}")
-            history += result.history
-        candidates = [i / (cfg.thresholds - 1) for i in range(cfg.thresholds)]
-        calibration = calibrate(model, heldout, state.tokenizer, "threshold", candidates, cfg.calibration)
-        state.model, state.info = model, {"history": history, "calibration": calibration}
-        return state
+            history += train_exits(model, rows, state, ctx, 1, cfg.learning_rate, cfg.batch_size,
+                                   _final_loss if final_phase else _exits_and_lte_loss,
+                                   f"{'final' if final_phase else 'exits'} {epoch + 1}", parameters=groups,
+                                   seed=ctx.seed + epoch)
+        return model, {"history": history}
+
+    def candidates(self, model, state):
+        return [i / (self.config.thresholds - 1) for i in range(self.config.thresholds)]
 
 
 def _final_loss(model, batch):

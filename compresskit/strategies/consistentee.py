@@ -35,20 +35,20 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from compresskit.data.batches import model_inputs
-from compresskit.modeling.surgery import with_exit_heads
-from compresskit.registry import StageConfig, Strategy, register_strategy
-from compresskit.stage import ModelShape, PipelineState, PlanContext, StageContext
-from compresskit.training.calibration import CalibrationConfig, all_exit_logits, choose_setting, replayed_metrics
+from compresskit.registry import register_strategy
+from compresskit.stage import StageContext
+from compresskit.training.calibration import all_exit_logits, choose_setting, replayed_metrics
 from compresskit.training.early_exit import (
-    ExitHeadsConfig,
-    layer_weighted_loss,
-    plan_exit_heads,
-    split_for_calibration,
+    EarlyExitStrategy,
+    ExitStageConfig,
+    backbone_and_exits,
+    train_exits,
+    weighted_exits_loss,
 )
-from compresskit.training.trainer import TrainingConfig, require_finite, train, unwrap
+from compresskit.training.trainer import require_finite, unwrap
 
 
-class ConsistentEEConfig(StageConfig, ExitHeadsConfig):
+class ConsistentEEConfig(ExitStageConfig):
     """Recipe keys of a `consistentee` stage."""
 
     init_epochs: float = Field(1.0, ge=0, description="step 1: layer-weighted training of backbone and exits")
@@ -71,13 +71,10 @@ class ConsistentEEConfig(StageConfig, ExitHeadsConfig):
     learning_rate: float = Field(2e-5, gt=0, description="backbone")
     exit_learning_rate: float = Field(5e-4, gt=0, description="exit heads (fresh modules)")
     policy_learning_rate: float = Field(1e-3, gt=0)
-    batch_size: int = Field(32, ge=1)
-    calibration: CalibrationConfig = Field(default_factory=CalibrationConfig, description="how the exit setting is "
-                                         "chosen on held-out training rows")
 
 
 @register_strategy
-class ConsistentEEStrategy(Strategy[ConsistentEEConfig]):
+class ConsistentEEStrategy(EarlyExitStrategy[ConsistentEEConfig]):
     """ConsistentEE: per-layer policy networks trained by policy gradient decide when to exit.
 
     Example stage::
@@ -89,30 +86,22 @@ class ConsistentEEStrategy(Strategy[ConsistentEEConfig]):
     """
 
     name = "consistentee"
-    kind = "dynamic"
 
-    def plan(self, shape: ModelShape, ctx: PlanContext) -> ModelShape:
-        return plan_exit_heads(self.name, self.config, shape, ctx)
+    def rule(self):
+        return {"name": "policy", "policy_hidden": self.config.policy_hidden}
 
-    def apply(self, state: PipelineState, ctx: StageContext) -> PipelineState:
+    def fit(self, model, rows, state, ctx):
         cfg = self.config
-        model = with_exit_heads(state.model, {"name": "policy", "policy_hidden": cfg.policy_hidden},
-                                cfg.exit_pooling)
-        rows, heldout = split_for_calibration(state.data["train"], cfg.calibration.fraction, ctx.seed)
-        untrained_policies = copy.deepcopy(model.exit_rule.state_dict())
-        trainable = [{"params": [p for n, p in model.named_parameters()
-                                 if not n.startswith(("exit_heads.", "exit_rule."))]},
-                     {"params": list(model.exit_heads.parameters()), "lr": cfg.exit_learning_rate}]
+        self._untrained = copy.deepcopy(model.exit_rule.state_dict())
+        trainable = backbone_and_exits(model, cfg.exit_learning_rate)
         history: dict[str, Any] = {}
 
         def fit(name, epochs, loss):
-            result = train(model, rows, None, state.task, state.tokenizer,
-                           TrainingConfig(epochs=epochs, learning_rate=cfg.learning_rate, batch_size=cfg.batch_size),
-                           ctx.seed, loss_fn=loss, parameters=trainable, desc=f"{ctx.name} {name}")
-            history[name] = result.history
+            history[name] = train_exits(model, rows, state, ctx, epochs, cfg.learning_rate, cfg.batch_size, loss,
+                                        name, parameters=trainable)
 
         if cfg.init_epochs > 0:
-            fit("init", cfg.init_epochs, _weighted_loss)
+            fit("init", cfg.init_epochs, weighted_exits_loss)
         memorized_counts = []
         for r in range(cfg.rounds):
             states = LayerStates.of(model, rows, state.tokenizer)
@@ -120,12 +109,12 @@ class ConsistentEEStrategy(Strategy[ConsistentEEConfig]):
             history[f"round {r + 1} policy"] = fit_policies(model.exit_rule, states, cfg, cfg.alpha, ctx.seed,
                                                             desc=f"{ctx.name} round {r + 1} policy")
             fit(f"round {r + 1} task", cfg.task_epochs, _consistent_task_loss)
-        states = LayerStates.of(model, rows, state.tokenizer)
-        memorized_counts.append(states.memorized_counts())
-        calibration = _calibrate_alpha(model, states, heldout, state.tokenizer, untrained_policies, cfg, ctx)
-        state.model = model
-        state.info = {"history": history, "memorized_layer_counts": memorized_counts, "calibration": calibration}
-        return state
+        self._states = LayerStates.of(model, rows, state.tokenizer)  # what the final policy step learns from
+        memorized_counts.append(self._states.memorized_counts())
+        return model, {"history": history, "memorized_layer_counts": memorized_counts}
+
+    def calibrate(self, model, heldout, state, ctx):
+        return _calibrate_alpha(model, self._states, heldout, state.tokenizer, self._untrained, self.config, ctx)
 
 
 @dataclass
@@ -251,10 +240,6 @@ def _all_layer_logits(out) -> torch.Tensor:
 
 def _summaries(out) -> list[torch.Tensor]:
     return [out.exit_summaries[i] for i in sorted(out.exit_summaries)]  # after layers 1..L-1
-
-
-def _weighted_loss(model, batch):
-    return layer_weighted_loss(model(**_inputs(batch)), batch["labels"], "linear")
 
 
 def _consistent_task_loss(model, batch):

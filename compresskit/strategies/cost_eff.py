@@ -31,18 +31,17 @@ from compresskit.data.batches import loader, model_inputs
 from compresskit.evaluation.flops import count_parameters, flops_per_example
 from compresskit.modeling.model import CompressedModelForSequenceClassification
 from compresskit.modeling.pruning import PruneSettings, prune
-from compresskit.modeling.surgery import with_exit_heads
-from compresskit.registry import StageConfig, Strategy, register_strategy
-from compresskit.stage import ModelShape, PipelineState, PlanContext, StageContext
-from compresskit.training.calibration import CalibrationConfig, all_exit_logits, calibrate, replayed_metrics
+from compresskit.registry import register_strategy
+from compresskit.stage import ModelShape, PlanContext
+from compresskit.training.calibration import all_exit_logits, replayed_metrics
 from compresskit.training.distillation import token_mse
-from compresskit.training.early_exit import ExitHeadsConfig, plan_exit_heads, split_for_calibration
+from compresskit.training.early_exit import EarlyExitStrategy, ExitStageConfig
 from compresskit.training.trainer import TrainingConfig, train
 
 log = logging.getLogger(__name__)
 
 
-class CostEffConfig(StageConfig, ExitHeadsConfig):
+class CostEffConfig(ExitStageConfig):
     """Recipe keys of a `cost_eff` stage."""
 
     head_ratio: float = Field(0.5, ge=0, lt=1, description="share of attention heads removed in the end")
@@ -53,13 +52,10 @@ class CostEffConfig(StageConfig, ExitHeadsConfig):
     representation_epochs: float = Field(1.0, ge=0, description="step 3: hidden-state distillation")
     prediction_epochs: float = Field(1.0, ge=0, description="step 4: prediction + representation distillation")
     learning_rate: float = Field(5e-5, gt=0)
-    batch_size: int = Field(32, ge=1)
     temperature: float = Field(1.0, gt=0, description="softening of the teacher's prediction")
     taylor_batches: int = Field(16, ge=1, description="batches whose gradients score the channels")
-    calibration: CalibrationConfig = Field(default_factory=CalibrationConfig, description="how the exit setting is "
-                                         "chosen on held-out training rows")
-    thresholds: int = Field(40, ge=2, description="entropy thresholds tried, evenly from 0 to ln(labels)")
-    curve_points: int = Field(12, ge=2, description="thresholds of the reported accuracy-vs-FLOPs curve")
+    thresholds: int = Field(40, ge=2, le=10_000, description="entropy thresholds tried, evenly from 0 to ln(labels)")
+    curve_points: int = Field(12, ge=2, le=1000, description="thresholds of the reported accuracy-vs-FLOPs curve")
 
     @model_validator(mode="after")
     def _slenderize(self) -> CostEffConfig:
@@ -69,7 +65,7 @@ class CostEffConfig(StageConfig, ExitHeadsConfig):
 
 
 @register_strategy
-class CostEffStrategy(Strategy[CostEffConfig]):
+class CostEffStrategy(EarlyExitStrategy[CostEffConfig]):
     """COST-EFF: slenderize width by Taylor importance, exit after every layer, distil; entropy exits.
 
     The incoming (fine-tuned) model is also the teacher. Example stage::
@@ -81,18 +77,19 @@ class CostEffStrategy(Strategy[CostEffConfig]):
     """
 
     name = "cost_eff"
-    kind = "dynamic"
 
     def plan(self, shape: ModelShape, ctx: PlanContext) -> ModelShape:
         if shape.model_type == "mpnet" and self.config.head_ratio > 0:
             ctx.problem("head_ratio", "MPNet shares one relative-position bias across layers, so its heads cannot be "
                                       "pruned layer by layer; set head_ratio: 0 (FFN only) or distil into BERT first")
-        return plan_exit_heads(self.name, self.config, shape, ctx)
+        return super().plan(shape, ctx)
 
-    def apply(self, state: PipelineState, ctx: StageContext) -> PipelineState:
+    def rule(self):
+        return {"name": "entropy", "threshold": 0.0}
+
+    def fit(self, model, rows, state, ctx):
         cfg = self.config
         teacher = copy.deepcopy(state.model).eval().requires_grad_(False)
-        train_rows, heldout = split_for_calibration(state.data["train"], cfg.calibration.fraction, ctx.seed)
         eval_set = state.data[ctx.eval_split]
         exits_loss = functools.partial(multi_exit_loss, teacher=teacher, temperature=cfg.temperature)
         both_loss = functools.partial(multi_exit_loss, teacher=teacher, temperature=cfg.temperature,
@@ -101,24 +98,21 @@ class CostEffStrategy(Strategy[CostEffConfig]):
 
         def fit(model, epochs, loss, desc):
             settings = TrainingConfig(epochs=epochs, learning_rate=cfg.learning_rate, batch_size=cfg.batch_size)
-            result = train(model, train_rows, eval_set, state.task, state.tokenizer, settings, ctx.seed,
+            result = train(model, rows, eval_set, state.task, state.tokenizer, settings, ctx.seed,
                            loss_fn=loss, desc=f"{ctx.name} {desc}")
             info["history"][desc] = result.history
 
-        model = with_exit_heads(state.model, {"name": "entropy", "threshold": 0.0}, cfg.exit_pooling)
         fit(model, cfg.exit_epochs, exits_loss, "exits")
-        assistant = copy.deepcopy(model)
+        self._assistant = copy.deepcopy(model)  # the multi-exit model before slenderization: the curve's reference
 
         done_heads = done_ffn = 0.0
-        data = loader(train_rows, state.tokenizer, cfg.batch_size, shuffle=True, seed=ctx.seed)
+        data = loader(rows, state.tokenizer, cfg.batch_size, shuffle=True, seed=ctx.seed)
         for step in range(1, cfg.prune_steps + 1):
             heads, ffn = cfg.head_ratio * step / cfg.prune_steps, cfg.ffn_ratio * step / cfg.prune_steps
             # a step's ratio is of what the previous steps left
-            step_cfg = PruneSettings(importance="taylor",
-                                             head_ratio=1 - (1 - heads) / (1 - done_heads),
-                                             ffn_ratio=1 - (1 - ffn) / (1 - done_ffn))
-            batches = [model_inputs(b, labels=True)
-                       for b in itertools.islice(data, cfg.taylor_batches)]
+            step_cfg = PruneSettings(importance="taylor", head_ratio=1 - (1 - heads) / (1 - done_heads),
+                                     ffn_ratio=1 - (1 - ffn) / (1 - done_ffn))
+            batches = [model_inputs(b, labels=True) for b in itertools.islice(data, cfg.taylor_batches)]
             model = prune(model, batches, step_cfg, loss_fn=exits_loss)
             done_heads, done_ffn = heads, ffn
             if cfg.recover_epochs > 0:
@@ -128,19 +122,23 @@ class CostEffStrategy(Strategy[CostEffConfig]):
                 functools.partial(representation_loss, teacher=teacher), "representation")
         if cfg.prediction_epochs > 0:
             fit(model, cfg.prediction_epochs, both_loss, "prediction")
+        return model, info
 
+    def candidates(self, model, state):
         top = math.log(state.task.num_labels)
-        candidates = [top * i / (cfg.thresholds - 1) for i in range(cfg.thresholds)]
-        info["calibration"] = calibrate(model, heldout, state.tokenizer, "threshold", candidates, cfg.calibration)
+        return [top * i / (self.config.thresholds - 1) for i in range(self.config.thresholds)]
+
+    def describe(self, model, state, ctx):
+        cfg, eval_set = self.config, state.data[ctx.eval_split]
+        top = math.log(state.task.num_labels)
         points = [top * i / (cfg.curve_points - 1) for i in range(cfg.curve_points)]
-        info["curve"] = threshold_curve(model, eval_set, state.tokenizer, points)
-        info["curve_unpruned"] = threshold_curve(assistant, eval_set, state.tokenizer, points)
-        info["parameters_after"] = count_parameters(model)
-        info["layers"] = [{"heads": len(s["heads"]), "intermediate_size": s["intermediate_size"]}
-                          for s in model.config.layers]
+        info = {"curve": threshold_curve(model, eval_set, state.tokenizer, points),
+                "curve_unpruned": threshold_curve(self._assistant, eval_set, state.tokenizer, points),
+                "parameters_after": count_parameters(model),
+                "layers": [{"heads": len(s["heads"]), "intermediate_size": s["intermediate_size"]}
+                           for s in model.config.layers]}
         plot_curves(info["curve"], info["curve_unpruned"], ctx.work_dir / "curve.png")
-        state.model, state.info = model, info
-        return state
+        return info
 
 
 def soft_targets(teacher_logits: torch.Tensor, labels: torch.Tensor, temperature: float) -> torch.Tensor:

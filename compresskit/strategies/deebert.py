@@ -7,32 +7,20 @@ import math
 from pydantic import Field
 
 from compresskit.data.batches import model_inputs
-from compresskit.modeling.surgery import with_exit_heads
-from compresskit.registry import StageConfig, Strategy, register_strategy
-from compresskit.stage import ModelShape, PipelineState, PlanContext, StageContext
-from compresskit.training.calibration import CalibrationConfig, calibrate
-from compresskit.training.early_exit import (
-    ExitHeadsConfig,
-    layer_weighted_loss,
-    plan_exit_heads,
-    split_for_calibration,
-)
-from compresskit.training.trainer import TrainingConfig, train
+from compresskit.registry import register_strategy
+from compresskit.training.early_exit import EarlyExitStrategy, ExitStageConfig, layer_weighted_loss, train_exits
 
 
-class DeeBERTConfig(StageConfig, ExitHeadsConfig):
+class DeeBERTConfig(ExitStageConfig):
     """Recipe keys of a `deebert` stage."""
 
     epochs: float = Field(2.0, gt=0, description="stage 2: exit heads only (backbone and final head frozen)")
     learning_rate: float = Field(5e-4, gt=0, description="of the exit heads (fresh, small modules)")
-    batch_size: int = Field(32, ge=1)
-    calibration: CalibrationConfig = Field(default_factory=CalibrationConfig, description="how the exit setting is "
-                                         "chosen on held-out training rows")
-    thresholds: int = Field(40, ge=2, description="entropy thresholds tried, evenly from 0 to ln(labels)")
+    thresholds: int = Field(40, ge=2, le=10_000, description="entropy thresholds tried, evenly from 0 to ln(labels)")
 
 
 @register_strategy
-class DeeBERTStrategy(Strategy[DeeBERTConfig]):
+class DeeBERTStrategy(EarlyExitStrategy[DeeBERTConfig]):
     """DeeBERT: exit heads trained on a frozen fine-tuned model; exit when entropy < threshold.
 
     Stage 1 is the incoming (fine-tuned) model. The threshold is calibrated on held-out training
@@ -44,28 +32,22 @@ class DeeBERTStrategy(Strategy[DeeBERTConfig]):
     """
 
     name = "deebert"
-    kind = "dynamic"
 
-    def plan(self, shape: ModelShape, ctx: PlanContext) -> ModelShape:
-        return plan_exit_heads(self.name, self.config, shape, ctx)
+    def rule(self):
+        return {"name": "entropy", "threshold": 0.0}
 
-    def apply(self, state: PipelineState, ctx: StageContext) -> PipelineState:
+    def fit(self, model, rows, state, ctx):
         cfg = self.config
-        model = with_exit_heads(state.model, {"name": "entropy", "threshold": 0.0}, cfg.exit_pooling)
-        train_rows, heldout = split_for_calibration(state.data["train"], cfg.calibration.fraction, ctx.seed)
         model.requires_grad_(False)
         model.exit_heads.requires_grad_(True)
-        result = train(model, train_rows, None, state.task, state.tokenizer,
-                       TrainingConfig(epochs=cfg.epochs, learning_rate=cfg.learning_rate, batch_size=cfg.batch_size),
-                       ctx.seed, loss_fn=_exits_loss, parameters=list(model.exit_heads.parameters()),
-                       desc=f"{ctx.name} exits")
+        history = train_exits(model, rows, state, ctx, cfg.epochs, cfg.learning_rate, cfg.batch_size, _exits_loss,
+                              "exits", parameters=list(model.exit_heads.parameters()))
         model.requires_grad_(True)
+        return model, {"history": history}
+
+    def candidates(self, model, state):
         top = math.log(state.task.num_labels)
-        candidates = [top * i / (cfg.thresholds - 1) for i in range(cfg.thresholds)]
-        calibration = calibrate(model, heldout, state.tokenizer, "threshold", candidates, cfg.calibration)
-        state.model = model
-        state.info = {"history": result.history, "calibration": calibration}
-        return state
+        return [top * i / (self.config.thresholds - 1) for i in range(self.config.thresholds)]
 
 
 def _exits_loss(model, batch):
