@@ -8,7 +8,8 @@ import torch
 from compresskit.modeling import CompressedModelForSequenceClassification
 from compresskit.pipeline import Pipeline
 from compresskit.recipe import load_recipe
-from compresskit.strategies.cost_eff import CostEffConfig, soft_targets
+from compresskit.strategies.cost_eff import CostEffConfig
+from compresskit.training.distillation import soft_targets
 
 
 def test_exits_learn_from_the_teacher_averaged_with_the_label():

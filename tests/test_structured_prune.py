@@ -10,7 +10,7 @@ from compresskit.evaluation.flops import count_parameters
 from compresskit.modeling import CompressedConfig, CompressedModelForSequenceClassification
 from compresskit.pipeline import Pipeline
 from compresskit.recipe import load_recipe
-from compresskit.strategies.structured_prune import StructuredPruneConfig, prune
+from compresskit.modeling.pruning import PruneSettings, prune
 from tests.conftest import CONFIGS
 from tests.test_modeling import inputs, logits_in_a_fresh_process
 
@@ -37,8 +37,8 @@ def model_with_dead_units(backbone: str) -> CompressedModelForSequenceClassifica
     return model.eval()
 
 
-def settings(**overrides) -> StructuredPruneConfig:
-    return StructuredPruneConfig(strategy="structured_prune", round_ffn_to=1, **overrides)
+def settings(**overrides) -> PruneSettings:
+    return PruneSettings(**{"head_ratio": 0.5, "ffn_ratio": 0.5, "round_ffn_to": 1, **overrides})
 
 
 def batches(n: int = 2) -> list[dict[str, torch.Tensor]]:
@@ -87,8 +87,10 @@ def test_mpnet_heads_are_refused_with_a_way_out_and_its_ffn_prunes():
 
 
 def test_nothing_to_prune_is_a_recipe_error():
+    from compresskit.strategies.structured_prune import StructuredPruneConfig
+
     with pytest.raises(ValueError, match="nothing to prune"):
-        settings(head_ratio=0.0, ffn_ratio=0.0)
+        StructuredPruneConfig(strategy="structured_prune", head_ratio=0.0, ffn_ratio=0.0)
 
 
 def test_structured_prune_then_recovery_distillation_from_the_unpruned_model(tiny_recipe, tmp_path):

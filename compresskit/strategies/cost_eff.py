@@ -25,7 +25,6 @@ from typing import Any
 
 import torch
 from pydantic import Field, model_validator
-from torch.nn import functional as F
 
 from compresskit.data.batches import loader, model_inputs
 from compresskit.evaluation.flops import count_parameters, flops_per_example
@@ -34,7 +33,7 @@ from compresskit.modeling.pruning import PruneSettings, prune
 from compresskit.registry import register_strategy
 from compresskit.stage import ModelShape, PlanContext
 from compresskit.training.calibration import all_exit_logits, replayed_metrics
-from compresskit.training.distillation import token_mse
+from compresskit.training.distillation import hidden_mse, soft_cross_entropy, soft_targets
 from compresskit.training.early_exit import EarlyExitStrategy, ExitStageConfig
 from compresskit.training.trainer import TrainingConfig, train
 
@@ -141,12 +140,6 @@ class CostEffStrategy(EarlyExitStrategy[CostEffConfig]):
         return info
 
 
-def soft_targets(teacher_logits: torch.Tensor, labels: torch.Tensor, temperature: float) -> torch.Tensor:
-    """The teacher's final prediction averaged with the one-hot label (what every exit learns)."""
-    teacher = F.softmax(teacher_logits / temperature, -1)
-    return 0.5 * teacher + 0.5 * F.one_hot(labels, teacher.shape[-1]).to(teacher.dtype)
-
-
 def multi_exit_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], teacher: torch.nn.Module,
                     temperature: float, representation: bool = False) -> torch.Tensor:
     """Soft cross-entropy of every exit and the final head against `soft_targets` (+ hidden MSE)."""
@@ -156,9 +149,9 @@ def multi_exit_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], teac
         ref = teacher(**inputs, dynamic=False, output_hidden_states=representation)
     target = soft_targets(ref.logits, batch["labels"], temperature)
     logits = [out.exit_logits[i] for i in sorted(out.exit_logits or {})] + [out.logits]
-    loss = sum(-(target * F.log_softmax(x, -1)).sum(-1).mean() for x in logits) / len(logits)
+    loss = sum(soft_cross_entropy(x, target) for x in logits) / len(logits)
     if representation:
-        loss = loss + hidden_mse(out, ref, inputs["attention_mask"])
+        loss = loss + hidden_mse(out.hidden_states, ref.hidden_states, inputs["attention_mask"])
     return loss
 
 
@@ -168,13 +161,7 @@ def representation_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], 
     out = model(**inputs, dynamic=False, output_hidden_states=True)
     with torch.no_grad():
         ref = teacher(**inputs, dynamic=False, output_hidden_states=True)
-    return hidden_mse(out, ref, inputs["attention_mask"])
-
-
-def hidden_mse(out: Any, ref: Any, mask: torch.Tensor) -> torch.Tensor:
-    """Embedding + every layer's hidden states against the teacher's (same depth, same width)."""
-    pairs = list(zip(out.hidden_states, ref.hidden_states, strict=True))
-    return sum(token_mse(s, t, mask) for s, t in pairs) / len(pairs)
+    return hidden_mse(out.hidden_states, ref.hidden_states, inputs["attention_mask"])
 
 
 def threshold_curve(model: CompressedModelForSequenceClassification, dataset: Any, tokenizer: Any,

@@ -27,7 +27,7 @@ from compresskit.registry import StageConfig, Strategy, register_strategy
 from compresskit.stage import ModelShape, PipelineState, PlanContext, StageContext
 from compresskit.training.augment import WordNeighbours, augment_dataset
 from compresskit.training.collate import TEACHER_PREFIX, TeacherStudentCollator
-from compresskit.training.distillation import attention_mse, token_mse
+from compresskit.training.distillation import attention_mse, soft_cross_entropy, token_mse
 from compresskit.training.trainer import TrainingConfig, train, unwrap
 
 log = logging.getLogger(__name__)
@@ -236,7 +236,7 @@ class _PredictionLoss:
         if self.regression:
             soft = F.mse_loss(out.logits, target)
         else:
-            soft = -(F.softmax(target / self.t, -1) * F.log_softmax(out.logits / self.t, -1)).sum(-1).mean()
+            soft = soft_cross_entropy(out.logits / self.t, F.softmax(target / self.t, -1))
         return (1 - self.hard) * soft + self.hard * out.loss
 
 

@@ -18,6 +18,24 @@ def prediction_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, te
                     log_target=True, reduction="batchmean") * t * t
 
 
+def soft_cross_entropy(student_logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of the student's prediction against a distribution over the labels (batch mean)."""
+    return -(target * F.log_softmax(student_logits, -1)).sum(-1).mean()
+
+
+def soft_targets(teacher_logits: torch.Tensor, labels: torch.Tensor, temperature: float) -> torch.Tensor:
+    """The teacher's softened prediction averaged with the one-hot label (COST-EFF's target of every exit)."""
+    teacher = F.softmax(teacher_logits / temperature, -1)
+    return 0.5 * teacher + 0.5 * F.one_hot(labels, teacher.shape[-1]).to(teacher.dtype)
+
+
+def hidden_mse(student_states: tuple[torch.Tensor, ...], teacher_states: tuple[torch.Tensor, ...],
+               mask: torch.Tensor) -> torch.Tensor:
+    """`token_mse` averaged over paired hidden states (embeddings and every layer, same depth and width)."""
+    pairs = list(zip(student_states, teacher_states, strict=True))
+    return sum(token_mse(s, t, mask) for s, t in pairs) / len(pairs)
+
+
 def token_mse(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """MSE over the hidden dimension, averaged over real tokens. (batch, tokens, dim) inputs."""
     weights = mask.to(student.dtype).unsqueeze(-1)
