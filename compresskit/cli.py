@@ -98,7 +98,7 @@ def apply(recipe: str, output_dir: str | None, overrides: tuple[str, ...], num_p
     report = Pipeline(resolved, run_dir).run()
     if os.environ.get("RANK", "0") != "0":
         return  # one process reports
-    from compresskit.run_report import write_report
+    from compresskit.report.markdown import write_report
 
     click.echo(json.dumps(report["summary"], indent=2))
     click.echo(f"report: {run_dir / 'report.json'} and {write_report(run_dir)} (tables and plots)")
@@ -284,6 +284,6 @@ def benchmark(paths: tuple[str, ...], task: str, split: str, examples: int, batc
 @handle_errors
 def report(run_dir: str, measure: bool, batch_size: int) -> None:
     """Write RUN_DIR/report/report.md: per-stage table, accuracy vs speed-up plot, layer usage."""
-    from compresskit.run_report import write_report
+    from compresskit.report.markdown import write_report
 
     click.echo(f"wrote {write_report(run_dir, measure=measure, batch_size=batch_size)}")

@@ -23,86 +23,42 @@ compresskit wrote are ever removed, and one run at a time holds it (`.lock`).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import os
-import platform
-import re
 import shutil
 import time
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 import datasets
 import torch
 import yaml
-from accelerate import Accelerator, PartialState
+from accelerate import PartialState
 from accelerate.utils import set_seed
 from transformers import AutoTokenizer
 
 from compresskit import hardware
 from compresskit.data.loading import load_splits, resolve_task
-from compresskit.errors import CompressKitError
-from compresskit.evaluation.evaluate import evaluate
-from compresskit.evaluation.flops import count_parameters, flops_per_example
-from compresskit.files import DirectoryLock, tree_digest, verify_checksums, write_checksums, write_json
+from compresskit.files import DirectoryLock, verify_checksums, write_checksums, write_json
 from compresskit.modeling.loading import load_model, resolve_model_path
 from compresskit.modeling.model import CompressedModelForSequenceClassification
+from compresskit.preflight import check_inputs
+from compresskit.profiling import profile
 from compresskit.recipe import ResolvedRecipe
+from compresskit.report.results import build_report
+from compresskit.rundir import (
+    MARKER,
+    check_run_dir,
+    data_digest,
+    fingerprint,
+    input_digest,
+    package_versions,
+    remove_stale,
+)
 from compresskit.stage import PipelineState, StageContext
 
 log = logging.getLogger(__name__)
-
-PACKAGES = ("compresskit", "torch", "transformers", "datasets", "accelerate", "torch-pruning",
-            "optimum", "optimum-onnx", "onnxruntime", "pydantic")
-MARKER = ".compresskit-run"  # a run directory compresskit made (it removes files only in those)
-STAGE_DIR = re.compile(r"^\d{2}-[A-Za-z0-9_][A-Za-z0-9_.-]*$")
-
-
-def _hash(*parts: Any) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def package_versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for name in PACKAGES:
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = "not installed"
-    return out
-
-
-def check_run_dir(run_dir: Path) -> Path:
-    """The run directory, resolved; refused if it is the current directory or contains it, or if it
-    holds files that compresskit did not write."""
-    resolved, cwd = run_dir.resolve(), Path.cwd().resolve()
-    if resolved == cwd or resolved in cwd.parents:
-        raise CompressKitError(f"run directory {run_dir} is the current directory or one of its parents; "
-                               "compresskit writes and removes files there. Choose another --output-dir "
-                               "(or recipe name)")
-    if resolved.is_file():
-        raise CompressKitError(f"run directory {run_dir} is a file; choose another --output-dir")
-    if resolved.is_dir() and not (resolved / MARKER).exists() and any(resolved.iterdir()):
-        legacy = resolved / "environment.json"  # a run directory of compresskit before the marker
-        try:
-            ours = "compresskit" in json.loads(legacy.read_text()).get("packages", {})
-        except (OSError, ValueError, AttributeError):
-            ours = False
-        if not ours:
-            example = sorted(p.name for p in resolved.iterdir())[0]
-            raise CompressKitError(f"run directory {run_dir} already holds files compresskit did not write (e.g. "
-                                   f"{example!r}); choose another --output-dir, or empty it")
-    return resolved
-
-
-def input_digest(name: str) -> str:
-    """The contents of a model or data source a run reads: a sha256 of its files, or its name for a hub id."""
-    path = Path(resolve_model_path(name))
-    return tree_digest(path) if path.exists() else f"hub:{name}"
-
 
 class Pipeline:
     def __init__(self, resolved: ResolvedRecipe, run_dir: str | Path):
@@ -120,24 +76,14 @@ class Pipeline:
         r = self.recipe
         task = self.task.model_dump(mode="json")
         versions = {k: v for k, v in package_versions().items() if k in ("compresskit", "torch", "transformers")}
-        previous = _hash(r.model, input_digest(r.model), task, self._data_digest(), r.data.model_dump(), r.seed,
-                         r.evaluation.model_dump(), versions)
+        previous = fingerprint(r.model, input_digest(r.model), task, data_digest(self.task), r.data.model_dump(),
+                               r.seed, r.evaluation.model_dump(), versions)
         out = []
         for i, stage in enumerate(self.resolved.stages):
             reads = [input_digest(name) for name in self.resolved.strategy(i).reads()]
-            previous = _hash(previous, stage.model_dump(mode="json"), reads)
+            previous = fingerprint(previous, stage.model_dump(mode="json"), reads)
             out.append(previous)
         return out
-
-    def _data_digest(self) -> list[str]:
-        t = self.task
-        if t.source == "files":
-            return [tree_digest(Path(f)) for _, f in sorted((t.data_files or {}).items())]
-        if t.source == "packaged":
-            from compresskit import assets
-
-            return [tree_digest(assets.resolve(t.name, "task"))]
-        return [f"hub:{t.path}/{t.subset}"]
 
     def stage_dir(self, index: int) -> Path:
         return self.stages_dir / f"{index:02d}-{self.resolved.stages[index].name}"
@@ -168,13 +114,7 @@ class Pipeline:
         self.stages_dir.mkdir(parents=True, exist_ok=True)
         keep = {self.stage_dir(i).name for i in range(done)}
         keep |= {self.checkpoint_dir(i).name for i in range(done, len(self.resolved.stages))}
-        for path in self.stages_dir.iterdir():  # stale or half-written stages; nothing compresskit did not write
-            ours = path.is_dir() and (path.name.startswith((".tmp-", ".checkpoint-")) or (
-                STAGE_DIR.match(path.name) and ((path / "stage.json").exists() or (path / ".complete").exists())))
-            if path.name not in keep and ours:
-                shutil.rmtree(path)
-            elif path.name not in keep:
-                log.warning("leaving %s alone: compresskit did not write it", path)
+        remove_stale(self.stages_dir, keep)
         (self.run_dir / "recipe.yaml").write_text(yaml.safe_dump(self.resolved.to_dict(), sort_keys=False))
         write_json(self.run_dir / "environment.json", {
             "packages": package_versions(), "seed": self.recipe.seed, "processes": self.dist.num_processes,
@@ -198,8 +138,6 @@ class Pipeline:
     # ---- running ---------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         """Check every input, then run the stages not finished yet; returns the report."""
-        from compresskit.preflight import check_inputs
-
         check_inputs(self.resolved)  # a broken recipe or input fails here, before any stage runs
         check_run_dir(self.run_dir)
         self.fingerprints = self._fingerprints()
@@ -316,23 +254,7 @@ class Pipeline:
     # ---- evaluation and report -------------------------------------------------------------
     def profile(self, state: PipelineState, splits: list[str], known: dict[str, Any] | None = None
                 ) -> dict[str, Any]:
-        """Task metrics per split, FLOPs per example and parameters of `state.model`.
-
-        `known` is an earlier profile of the same model (a stage's); what it has is not recomputed.
-        """
-        ev = self.recipe.evaluation
-        out: dict[str, Any] = dict(known or {})
-        accelerator = Accelerator(cpu=not torch.cuda.is_available())
-        for split in splits:
-            if split not in out:
-                out[split] = evaluate(state.model, state.data[split], self.task, state.tokenizer, ev.batch_size,
-                                      accelerator)
-        if "flops_per_example" not in out:
-            out["flops_per_example"] = flops_per_example(state.model, state.data[ev.split], state.tokenizer,
-                                                         ev.flops_examples)
-        out["parameters"] = count_parameters(state.model)
-        out["num_layers"] = state.model.num_layers
-        return out
+        return profile(state, splits, self.recipe.evaluation, known)
 
     def _state_from(self, path: Path, raw: datasets.DatasetDict) -> PipelineState:
         return PipelineState(model=CompressedModelForSequenceClassification.from_pretrained(path),
@@ -344,52 +266,20 @@ class Pipeline:
         r = self.recipe
         stages = [json.loads((self.stage_dir(i) / "stage.json").read_text())
                   for i in range(len(self.resolved.stages))]
-        by_name = {s["name"]: (i, s) for i, s in enumerate(stages)}
-        splits = list(dict.fromkeys([r.evaluation.split, *r.evaluation.final_splits]))
         raw = self._load_raw()
+        splits = list(dict.fromkeys([r.evaluation.split, *r.evaluation.final_splits]))
 
-        def stage_profile(name: str) -> dict[str, Any]:
-            index, meta = by_name[name]
-            return self.profile(self._state_from(self.stage_dir(index) / "model", raw), splits, meta["evaluation"])
+        def model_profile(name: str, known: dict[str, Any] | None) -> dict[str, Any]:
+            if name == "input":
+                model, tokenizer = load_model(r.model, self.task, seed=r.seed)
+                state = PipelineState(model=model, tokenizer=tokenizer, task=self.task, raw=raw,
+                                      max_length=r.data.max_length)
+            else:
+                index = [s["name"] for s in stages].index(name)
+                state = self._state_from(self.stage_dir(index) / "model", raw)
+            return self.profile(state, splits, known)
 
-        final_profile = stage_profile(stages[-1]["name"])
-        baseline_name = r.baseline or stages[0]["name"]
-        if baseline_name == stages[-1]["name"]:
-            baseline_profile = final_profile  # a one-model recipe: nothing to compare
-        elif baseline_name == "input":
-            model, tokenizer = load_model(r.model, self.task, seed=r.seed)
-            baseline_profile = self.profile(PipelineState(model=model, tokenizer=tokenizer, task=self.task, raw=raw,
-                                                          max_length=r.data.max_length), splits)
-        else:
-            baseline_profile = stage_profile(baseline_name)
-        report = {
-            "recipe": r.name,
-            "task": self.task.name,
-            "main_metric": self.task.main_metric,
-            "evaluation_split": r.evaluation.split,
-            "stages": [{k: s[k] for k in ("name", "strategy", "seconds", "evaluation", "info")} for s in stages],
-            "baseline": {"stage": baseline_name, **baseline_profile},
-            "final": {"stage": stages[-1]["name"], **final_profile},
-        }
-        report["summary"] = _summary(report, splits, self.task.main_metric)
+        report = build_report(r, self.task, stages, splits, model_profile)
         if self.dist.is_main_process:
             write_json(self.run_dir / "report.json", report)
         return report
-
-
-def _summary(report: dict[str, Any], splits: list[str], metric: str) -> dict[str, float | None]:
-    """Final against baseline; a ratio over a zero (a baseline that runs no layer) is None, not a crash."""
-    base, final = report["baseline"], report["final"]
-
-    def ratio(a: float, b: float) -> float | None:
-        return a / b if b else None
-
-    out = {
-        "flops_speedup": ratio(base["flops_per_example"], max(final["flops_per_example"], 1.0)),
-        "parameter_ratio": ratio(final["parameters"], base["parameters"]),
-        "layers_ratio": ratio(final[splits[0]]["avg_layers"], base[splits[0]]["avg_layers"]),
-    }
-    for split in splits:
-        if base[split][metric]:
-            out[f"{split}_{metric}_retained"] = final[split][metric] / base[split][metric]
-    return out

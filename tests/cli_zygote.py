@@ -56,7 +56,7 @@ def main() -> None:
     import compresskit.export  # noqa: F401
     import compresskit.pipeline  # noqa: F401
     import compresskit.preflight  # noqa: F401
-    import compresskit.run_report  # noqa: F401
+    import compresskit.report.markdown  # noqa: F401
     from compresskit.registry import strategies
 
     strategies()

@@ -193,7 +193,7 @@ def test_the_report_compares_the_final_model_with_the_chosen_baseline(tiny_recip
 
 
 def test_report_command_writes_markdown_and_plots(tiny_recipe, tmp_path):
-    from compresskit.run_report import write_report
+    from compresskit.report.markdown import write_report
 
     recipe = tiny_recipe([
         {"strategy": "finetune", "name": "teacher", "epochs": 1, "learning_rate": 1e-3, "batch_size": 16},

@@ -8,9 +8,9 @@ import torch
 from compresskit.errors import CompressKitError
 from compresskit.evaluation.flops import count_parameters
 from compresskit.modeling import CompressedConfig, CompressedModelForSequenceClassification
+from compresskit.modeling.pruning import PruneSettings, prune
 from compresskit.pipeline import Pipeline
 from compresskit.recipe import load_recipe
-from compresskit.modeling.pruning import PruneSettings, prune
 from tests.conftest import CONFIGS
 from tests.test_modeling import inputs, logits_in_a_fresh_process
 
