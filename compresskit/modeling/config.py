@@ -65,8 +65,15 @@ class ExitRuleSpec(BaseModel):
     name: str
 
 
+FORMAT_VERSION = 1  # of the saved description below; raised when a saved model must be read differently
+
+
 class CompressedConfig(PretrainedConfig):
-    """Config of :class:`CompressedModelForSequenceClassification` (``model_type: compresskit``)."""
+    """Config of :class:`CompressedModelForSequenceClassification` (``model_type: compresskit``).
+
+    `format_version` says which version of this description a saved model uses (models saved
+    before it existed are version 1); a model from a newer compresskit is refused, not misread.
+    """
 
     model_type = "compresskit"
 
@@ -77,9 +84,14 @@ class CompressedConfig(PretrainedConfig):
         gate: dict[str, Any] | None = None,
         exit_head: dict[str, Any] | None = None,
         exit_rule: dict[str, Any] | None = None,
+        format_version: int = FORMAT_VERSION,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
+        if format_version > FORMAT_VERSION:
+            raise ModelFormatError(f"this model was saved in format {format_version} by a newer compresskit (this "
+                                   f"one reads format {FORMAT_VERSION} and older); upgrade compresskit to load it")
+        self.format_version = format_version
         self.backbone = backbone or {}
         self.layers = layers or []
         self.gate = gate

@@ -110,21 +110,49 @@ class ExitRule(nn.Module):
 
 
 EXIT_RULES: dict[str, type[ExitRule]] = {}
+EXIT_RULE_ENTRY_POINTS = "compresskit.exit_rules"  # plugins: `name = "package.module:RuleClass"`
+_plugins_loaded = False
 
 
 def register_exit_rule(name: str) -> Callable[[type[ExitRule]], type[ExitRule]]:
+    """Class decorator: the exit rule a saved config names `name` (a name taken twice is an error)."""
     def wrap(cls: type[ExitRule]) -> type[ExitRule]:
+        existing = EXIT_RULES.get(name)
+        if existing is not None and existing is not cls:
+            raise ModelFormatError(f"exit rule {name!r} is registered twice: by {existing.__module__}."
+                                   f"{existing.__qualname__} and by {cls.__module__}.{cls.__qualname__}")
         EXIT_RULES[name] = cls
         return cls
     return wrap
+
+
+def _load_plugins() -> None:
+    """Exit rules of other packages (the `compresskit.exit_rules` entry points), so that a model saved
+    with a plugin's rule loads in a fresh process."""
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=EXIT_RULE_ENTRY_POINTS):
+        try:
+            cls = ep.load()
+        except Exception as err:  # a broken plugin must surface, named
+            raise ModelFormatError(f"exit rule plugin {ep.name!r} ({ep.value}) failed to import: {err}") from err
+        if EXIT_RULES.get(ep.name) is not cls:
+            register_exit_rule(ep.name)(cls)
+    _plugins_loaded = True
 
 
 def build_exit_rule(spec: dict[str, Any], num_layers: int, hidden_size: int) -> ExitRule:
     params = dict(spec)
     name = params.pop("name")
     if name not in EXIT_RULES:
+        _load_plugins()
+    if name not in EXIT_RULES:
         raise ModelFormatError(
-            f"exit_rule.name: unknown rule {name!r}; known: {', '.join(sorted(EXIT_RULES))}"
+            f"exit_rule.name: unknown rule {name!r}; known: {', '.join(sorted(EXIT_RULES))} (a plugin's rule is "
+            f"found through the {EXIT_RULE_ENTRY_POINTS!r} entry points of its package)"
         )
     try:
         return EXIT_RULES[name](num_layers=num_layers, hidden_size=hidden_size, **params)

@@ -183,12 +183,14 @@ class CompressedModelForSequenceClassification(PreTrainedModel):
         states, maps, scores = [hidden], [], []
         gate_logits, gate_values, exit_logits, exit_summaries = {}, {}, {}, {}
         for i, layer in enumerate(self.layers):
-            if output_attention_scores:
-                with self._capture_scores(layer) as captured:
-                    new, attn = self.adapter.run_layer(layer, hidden, additive, bias, output_attentions)
-                scores.append(captured["scores"])
-            else:
+            with contextlib.ExitStack() as capture:
+                probs = capture.enter_context(self._capture_probabilities(layer)) if output_attentions else None
+                raw = capture.enter_context(self._capture_scores(layer)) if output_attention_scores else None
                 new, attn = self.adapter.run_layer(layer, hidden, additive, bias, output_attentions)
+            if raw is not None:
+                scores.append(raw["scores"])
+            if probs is not None:  # as the softmax gave them: attention dropout (training) is not the model's view
+                attn = probs["probs"]
             if str(i) in self.gates:
                 logits = self.gates[str(i)](hidden, mask)
                 g = self.gate_estimator(logits) if self.training else gate_opens(logits).to(new.dtype)
@@ -219,6 +221,17 @@ class CompressedModelForSequenceClassification(PreTrainedModel):
             layer_mask=layer_mask,
             exit_layer=torch.full((batch,), self.num_layers, device=hidden.device),
         )
+
+    @contextlib.contextmanager
+    def _capture_probabilities(self, layer: nn.Module) -> Iterator[dict[str, torch.Tensor]]:
+        """A layer's attention probabilities before attention dropout (the input of its dropout module)."""
+        out: dict[str, torch.Tensor] = {}
+        hook = self.adapter.parts(layer).attention.dropout.register_forward_pre_hook(
+            lambda module, args: out.__setitem__("probs", args[0]))
+        try:
+            yield out
+        finally:
+            hook.remove()
 
     @contextlib.contextmanager
     def _capture_scores(self, layer: nn.Module) -> Iterator[dict[str, torch.Tensor]]:

@@ -27,18 +27,20 @@ def reinmax(logits: torch.Tensor, tau: float = 1.0, sample: torch.Tensor | None 
             stochastic: bool = True) -> torch.Tensor:
     """ReinMax: forward = a one-hot D of softmax(logits); backward = Heun's estimate.
 
-    pi_0 = softmax(logits / tau); pi_1 = (D + pi_0) / 2, re-attached to the logits' graph
-    through softmax(sg(log pi_1 - logits) + logits); pi_2 = 2 pi_1 - pi_0 / 2;
-    output = pi_2 - sg(pi_2) + D. D is a sample (`stochastic`, the ReinMax reference) or the
-    argmax; `sample` fixes D (for tests).
+    pi_1 = (D + softmax(logits / tau)) / 2, re-attached to the logits' graph through
+    softmax(sg(log pi_1 - logits) + logits); pi_2 = 2 pi_1 - softmax(logits) / 2;
+    output = pi_2 - sg(pi_2) + D. The temperature enters the midpoint only: the -1/2 term is
+    the untempered softmax, as in the reference estimator (microsoft/ReinMax); at tau = 1 this
+    is HadSkip's Algorithm 1. D is a sample (`stochastic`, the ReinMax reference) or the argmax;
+    `sample` fixes D (for tests).
     """
     if tau < 1.0:
         raise ValueError(f"ReinMax needs tau >= 1 (got {tau}); below 1 its estimate is unstable")
-    hard = _hard(torch.softmax(logits, -1), stochastic) if sample is None else sample
-    pi_0 = torch.softmax(logits / tau, -1)
-    pi_1 = (hard + pi_0) / 2
+    probs = torch.softmax(logits, -1)
+    hard = _hard(probs, stochastic) if sample is None else sample
+    pi_1 = (hard + torch.softmax(logits / tau, -1)) / 2
     pi_1 = torch.softmax((torch.log(pi_1) - logits).detach() + logits, -1)
-    pi_2 = 2 * pi_1 - pi_0 / 2
+    pi_2 = 2 * pi_1 - probs / 2
     return (pi_2 - pi_2.detach() + hard)[..., RUN]
 
 

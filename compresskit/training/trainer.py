@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -146,7 +147,7 @@ def train(
                                config.eval_batch_size, accelerator)
             record.update(metrics)
             score = metrics[task.main_metric]
-            if best_score is None or score > best_score:
+            if math.isfinite(score) and (best_score is None or score > best_score):  # a NaN epoch is never best
                 best_score, result.best_metrics = score, metrics
                 if config.keep_best:
                     best_state = copy.deepcopy(accelerator.unwrap_model(wrapped).state_dict())
