@@ -52,11 +52,11 @@ def benchmark(paths: list[str], task: str = "rotten_tomatoes", split: str = "tes
               threads: int | None = None) -> dict[str, Any]:
     threads = threads or torch.get_num_threads()
     torch.set_num_threads(threads)
+    runners = [load_runner(p, threads) for p in paths]  # a path that is not a model fails before any data loads
     spec = resolve_task(task)
     raw = load_splits(spec, [split], max_eval_samples=examples)[split]
     fields = [f for f in ("text_a", "text_b") if f in raw.column_names]
     texts = [[row[f] for f in fields] for row in raw]
-    runners = [load_runner(p, threads) for p in paths]
     rows = []
     for batch_size in batch_sizes:
         chunks = [texts[i:i + batch_size] for i in range(0, len(texts), batch_size)]

@@ -1,16 +1,29 @@
-"""Tiny random models and a small synthetic task, built offline in seconds."""
+"""Tiny random models and a small synthetic task, built offline in seconds; a hermetic environment."""
 
 from __future__ import annotations
 
+import atexit
 import csv
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+
+# Hermetic: the unit suite never reads or writes the user's caches (packaged assets, Hugging Face
+# datasets/models) and never asks a hub, whatever is installed where. Set before transformers and
+# datasets are imported (they read these once). The slow tests read the real packaged assets
+# (USER_ASSET_CACHE). Subprocesses (the CLI, DDP) inherit the same environment.
+USER_ASSET_CACHE = os.environ.get("COMPRESSKIT_CACHE") or str(Path.home() / ".cache" / "compresskit")
+_SANDBOX = Path(tempfile.mkdtemp(prefix="compresskit-tests-"))
+atexit.register(shutil.rmtree, _SANDBOX, ignore_errors=True)
+os.environ.update(COMPRESSKIT_CACHE=str(_SANDBOX / "compresskit"), HF_HOME=str(_SANDBOX / "huggingface"),
+                  HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
 
 import pytest
 import torch

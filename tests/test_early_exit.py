@@ -34,9 +34,7 @@ def test_exit_strategies_train_calibrate_and_exit_early(tiny_recipe, tmp_path, s
     info = report["stages"][1]["info"]
     chosen = info["calibration"]["chosen"]
     assert info["calibration"]["examples"] == 24  # a quarter of the 96 training rows, not the evaluation split
-    if "target_layers" in stage["calibration"]:
-        assert chosen["avg_layers"] == min((r["avg_layers"] for r in info["calibration"]["table"]),
-                                           key=lambda x: abs(x - 2))
+    assert chosen in info["calibration"]["table"]  # which row a goal picks: test_the_goal_picks_*
     final = report["final"]["validation"]
     assert final["avg_layers"] < 4.0, "the calibrated rule should exit before the last layer on this easy task"
     assert final["accuracy"] >= 0.8
@@ -87,3 +85,29 @@ def test_calibration_replays_exactly_what_inference_does(rule, parameter, poolin
     assert torch.equal(out.exit_layer, exit_layer)
     assert torch.equal(out.logits.argmax(-1), preds)
     assert result["chosen"]["avg_layers"] == pytest.approx(exit_layer.float().mean().item())
+
+
+TABLE = [{"threshold": t, "accuracy": a, "avg_layers": n}
+         for t, a, n in [(0.1, 0.90, 3.6), (0.3, 0.89, 2.4), (0.5, 0.86, 1.9), (0.7, 0.80, 1.2)]]
+
+
+@pytest.mark.parametrize("goal, threshold", [
+    ({"target_layers": 2}, 0.5),  # 1.9 is the closest depth to 2
+    ({"target_layers": 3.2}, 0.1),  # 3.6 (0.4 away) beats 2.4 (0.8 away)
+    ({"max_accuracy_drop": 0.01}, 0.3),  # the fastest within one point of 0.90: 0.89 at 2.4 layers
+    ({"max_accuracy_drop": 0.05}, 0.5),  # 0.86 is within 5 points, 0.80 is not
+    ({"max_accuracy_drop": 0.0}, 0.1),  # nothing may be lost: only the full-accuracy setting
+])
+def test_the_goal_picks_the_setting_it_names(goal, threshold):
+    from compresskit.training.calibration import choose_setting
+
+    assert choose_setting(TABLE, 0.90, CalibrationConfig(**goal), "threshold")["threshold"] == threshold
+
+
+def test_an_unreachable_accuracy_goal_is_a_clear_error():
+    from compresskit.errors import CompressKitError
+    from compresskit.training.calibration import choose_setting
+
+    with pytest.raises(CompressKitError, match="allow a larger drop"):
+        choose_setting(TABLE[1:], 0.95, CalibrationConfig(max_accuracy_drop=0.01), "threshold")
+

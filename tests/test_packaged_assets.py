@@ -11,8 +11,15 @@ from transformers import AutoModelForSequenceClassification
 from compresskit import assets
 from compresskit.data.loading import load_splits, resolve_task, tokenize
 from compresskit.modeling.loading import load_model
+from tests.conftest import USER_ASSET_CACHE
 
 pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(autouse=True)
+def real_assets(monkeypatch):
+    """These tests read the packaged assets where the user installed them (the rest of the suite never does)."""
+    monkeypatch.setenv(assets.CACHE_ENV, USER_ASSET_CACHE)
 
 
 def need(*names: str) -> None:

@@ -207,3 +207,18 @@ def test_report_command_writes_markdown_and_plots(tiny_recipe, tmp_path):
     assert "| teacher | finetune |" in text and "| skip | hadskip |" in text and "measured speed-up" in text
     assert (run_dir / "report" / "pareto.png").exists() and (run_dir / "report" / "layer_usage_skip.png").exists()
     assert "## Layer usage of `skip`" in text
+
+
+def test_the_summary_ratios_of_known_profiles():
+    from compresskit.report.results import summary
+
+    def profile(flops, parameters, validation, test, layers):
+        return {"flops_per_example": flops, "parameters": parameters, "validation": {"accuracy": validation,
+                "avg_layers": layers}, "test": {"accuracy": test, "avg_layers": layers}}
+
+    report = {"baseline": profile(8e9, 100, 0.9, 0.8, 12.0), "final": profile(2e9, 25, 0.81, 0.76, 3.0)}
+    assert summary(report, ["validation", "test"], "accuracy") == pytest.approx(
+        {"flops_speedup": 4.0, "parameter_ratio": 0.25, "layers_ratio": 0.25, "validation_accuracy_retained": 0.9,
+         "test_accuracy_retained": 0.95})
+    report["baseline"]["validation"]["avg_layers"] = 0.0  # a baseline that runs no layer: no ratio, no crash
+    assert summary(report, ["validation", "test"], "accuracy")["layers_ratio"] is None

@@ -65,6 +65,17 @@ def _typed(names: list[str], types: list[int]) -> list[onnx.ValueInfoProto]:
     return [helper.make_tensor_value_info(n, t, None) for n, t in zip(names, types, strict=True)]
 
 
+def _inputs_of(nodes: list[onnx.NodeProto]) -> set[str]:
+    """Every value name the nodes read, their If branches' nodes included."""
+    names: set[str] = set()
+    for node in nodes:
+        names.update(node.input)
+        for attribute in node.attribute:
+            if attribute.type == onnx.AttributeProto.GRAPH:
+                names |= _inputs_of(list(attribute.g.node))
+    return names
+
+
 def _renamed(sources: list[str], targets: list[str]) -> list[onnx.NodeProto]:
     return [helper.make_node("Identity", [src], [dst]) for src, dst in zip(sources, targets, strict=True)]
 
@@ -144,7 +155,9 @@ class _Stitcher:
                    helper.make_tensor_value_info("layers_executed", TensorProto.FLOAT, [1]),
                    helper.make_tensor_value_info("exit_layer", TensorProto.INT64, [1]),
                    helper.make_tensor_value_info("layer_mask", TensorProto.BOOL, [1, model.num_layers])]
-        return helper.make_graph(self.nodes, "one_call", graph_inputs, outputs, initializer=self.initializers)
+        used = _inputs_of(self.nodes)  # constants the routing made but no node reads (e.g. no exit: no logits_init)
+        initializers = [t for t in self.initializers if t.name in used]
+        return helper.make_graph(self.nodes, "one_call", graph_inputs, outputs, initializer=initializers)
 
     def add(self, op: str, inputs: list[str], output: str, **attributes) -> str:
         self.nodes.append(helper.make_node(op, inputs, [output], **attributes))
