@@ -46,6 +46,8 @@ STAGES = {
               "calibration": {"max_accuracy_drop": 0.05, "fraction": 0.25}},
     "pcee": {"strategy": "pcee", "epochs": 1, "learning_rate": 1e-3, "exit_learning_rate": 5e-3, "batch_size": 16,
              "calibration": {"target_layers": 2, "fraction": 0.25}},
+    "maxprob": {"strategy": "maxprob", "epochs": 1, "learning_rate": 1e-3, "exit_learning_rate": 5e-3,
+                "batch_size": 16, "calibration": {"max_accuracy_drop": 0.05, "fraction": 0.25}},
     "berxit": {"strategy": "berxit", "epochs": 2, "learning_rate": 1e-3, "exit_learning_rate": 5e-3,
                "batch_size": 16, "calibration": {"target_layers": 2, "fraction": 0.25}},
     "consistentee": {"strategy": "consistentee", "init_epochs": 0.5, "rounds": 1, "policy_epochs": 1,
@@ -104,11 +106,18 @@ def close(got, want, where: str) -> None:
 
 
 @pytest.mark.parametrize("name", list(STAGES))
-def test_every_strategy_trains_saves_reloads_exports_and_keeps_its_golden_values(name, tiny_recipe, tmp_path):
+def test_every_strategy_trains_saves_reloads_exports_and_keeps_its_golden_values(name, tiny_recipe, tiny_task_file,
+                                                                                 cli, tmp_path):
     stage = {**STAGES[name], "name": "stage"}
     recipe = tiny_recipe([TEACHER, stage, {"strategy": "export", "name": "onnx"}])
     report = Pipeline(load_recipe(recipe), tmp_path / "run").run()
-    values, reloaded = observed(report, tmp_path / "run" / "stages" / "01-stage" / "model")
+    model_dir = tmp_path / "run" / "stages" / "01-stage" / "model"
+    values, reloaded = observed(report, model_dir)
+
+    # a process that never saw the model evaluates it from its directory alone: the same numbers
+    fresh = cli("evaluate", model_dir, "--task", tiny_task_file, "--max-length", "16", "--batch-size", "16")
+    assert fresh.code == 0, fresh.stderr[-2000:]
+    assert {k: v for k, v in json.loads(fresh.stdout).items() if k != "parameters"} == values["validation"]
 
     # the model that the stage left really changed, and it reloads from its directory alone
     # it trained (a pruning stage instead chose: its choices are golden too)

@@ -72,31 +72,34 @@ def agreement(model: torch.nn.Module, runtime: Any, inputs: dict[str, torch.Tens
     both runtimes' right answers too)."""
     model.eval()
     out = runtime.forward({k: v.numpy() for k, v in inputs.items()})
-    own = model(**inputs)
-    predicted, expected = out.logits.argmax(1), own.logits.numpy().argmax(1)
-    result = Agreement(examples=len(out.logits), same_prediction=int((predicted == expected).sum()))
-    if labels is not None and out.logits.shape[1] > 1:
-        result.labelled = len(labels)
-        result.onnx_correct = int((predicted == labels.numpy()).sum())
-        result.pytorch_correct = int((expected == labels.numpy()).sum())
+    result = Agreement(examples=len(out.logits))
     if not model.is_dynamic:
+        own = model(**inputs)
         result.max_abs_diff = float(np.abs(out.logits - own.logits.numpy()).max())
-        return result
-    if out.layer_mask is None:  # an older one-call graph without its mask: compare the free-running routes
+    elif out.layer_mask is None:  # an older one-call graph without its mask: compare the free-running routes
+        own = model(**inputs)
         same = (out.layers_executed == own.layers_executed.numpy()) & (out.exit_layer == own.exit_layer.numpy())
         result.mismatched = int((~same).sum())
         result.largest_margin = math.inf if result.mismatched else 0.0
         if same.any():
             result.max_abs_diff = float(np.abs(out.logits[same] - own.logits.numpy()[same]).max())
-        return result
-    replay = model(**inputs, route=Route(torch.from_numpy(np.asarray(out.layer_mask, dtype=bool)),
-                                         torch.from_numpy(np.asarray(out.exit_layer, dtype=np.int64))))
-    result.max_abs_diff = float(np.abs(out.logits - replay.logits.numpy()).max())
-    margins = replay.route_margin.numpy()
-    differs = np.isfinite(margins)
-    result.flipped = int((differs & (margins <= tie_tolerance)).sum())
-    result.mismatched = int((differs & (margins > tie_tolerance)).sum())
-    result.largest_margin = float(margins[differs].max()) if differs.any() else 0.0
+    else:
+        replay = model(**inputs, route=Route(torch.from_numpy(np.asarray(out.layer_mask, dtype=bool)),
+                                             torch.from_numpy(np.asarray(out.exit_layer, dtype=np.int64))))
+        result.max_abs_diff = float(np.abs(out.logits - replay.logits.numpy()).max())
+        margins = replay.route_margin.numpy()
+        differs = np.isfinite(margins)
+        result.flipped = int((differs & (margins <= tie_tolerance)).sum())
+        result.mismatched = int((differs & (margins > tie_tolerance)).sum())
+        result.largest_margin = float(margins[differs].max()) if differs.any() else 0.0
+        # where no decision differed the replay is PyTorch's own run; elsewhere run it
+        own = replay if not differs.any() else model(**inputs)
+    predicted, expected = out.logits.argmax(1), own.logits.numpy().argmax(1)
+    result.same_prediction = int((predicted == expected).sum())
+    if labels is not None and out.logits.shape[1] > 1:
+        result.labelled = len(labels)
+        result.onnx_correct = int((predicted == labels.numpy()).sum())
+        result.pytorch_correct = int((expected == labels.numpy()).sum())
     return result
 
 

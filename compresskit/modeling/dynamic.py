@@ -236,6 +236,21 @@ class PatienceConfidenceRule(ExitRule):
         return count >= self.patience
 
 
+@register_exit_rule("max_probability")
+class MaxProbabilityRule(ExitRule):
+    """Schwartz et al. (2020): exit when the exit head's top class probability exceeds a threshold."""
+
+    def __init__(self, num_layers: int, hidden_size: int, threshold: float = 0.9):
+        super().__init__(num_layers, hidden_size)
+        self.threshold = threshold
+
+    def score(self, layer, logits, summary):
+        return torch.softmax(logits, dim=-1).max(-1).values
+
+    def decide(self, layer, score, rows, state):
+        return score > self.threshold
+
+
 @register_exit_rule("budget")
 class BudgetRule(ExitRule):
     """Budgeted exit: every example leaves after the first `k` layers."""
