@@ -358,7 +358,7 @@ STAGE_TEMPLATES = st.one_of(
 THOROUGH = int(os.environ.get("COMPRESSKIT_RECIPE_EXAMPLES", "0"))
 
 
-@settings(max_examples=THOROUGH or 15, deadline=None, derandomize=not THOROUGH, database=None, phases=[Phase.generate],
+@settings(max_examples=THOROUGH or 12, deadline=None, derandomize=not THOROUGH, database=None, phases=[Phase.generate],
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(stages=st.lists(STAGE_TEMPLATES, min_size=1, max_size=3))
 def test_a_recipe_that_passes_validate_runs_to_the_end(tiny_recipe, tmp_path_factory, stages):
