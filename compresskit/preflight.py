@@ -18,7 +18,8 @@ from transformers import AutoConfig
 from compresskit.data.loading import check_split_names, load_splits, resolve_task
 from compresskit.data.tasks import TaskSpec
 from compresskit.errors import CompressKitError, RecipeError
-from compresskit.modeling.config import SUPPORTED_BACKBONES, CompressedConfig
+from compresskit.modeling.backbones import adapter_for
+from compresskit.modeling.config import CompressedConfig
 from compresskit.modeling.loading import check_model_directory, resolve_model_path
 from compresskit.recipe import ResolvedRecipe
 from compresskit.stage import ModelShape, PlanContext
@@ -43,9 +44,7 @@ def shape_of(config: Any) -> ModelShape:
         return ModelShape(model_type=backbone["model_type"], num_layers=len(config.layers),
                           num_heads=backbone["num_attention_heads"], hidden_size=backbone["hidden_size"],
                           dynamic=config.gate is not None or config.exit_rule is not None)
-    if config.model_type not in SUPPORTED_BACKBONES:
-        raise CompressKitError(f"backbone type {config.model_type!r} is not supported; supported: "
-                               f"{', '.join(SUPPORTED_BACKBONES)}")
+    adapter_for(config.model_type)  # an unsupported architecture: an error naming the supported ones
     return ModelShape(model_type=config.model_type, num_layers=config.num_hidden_layers,
                       num_heads=config.num_attention_heads, hidden_size=config.hidden_size)
 

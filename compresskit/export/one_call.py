@@ -83,7 +83,7 @@ def _renamed(sources: list[str], targets: list[str]) -> list[onnx.NodeProto]:
 class _Stitcher:
     def __init__(self, model, pieces: Path, input_names: list[str]):
         self.model, self.pieces, self.input_names = model, pieces, input_names
-        self.mpnet = model.config.backbone["model_type"] == "mpnet"
+        self.shared_bias = model.adapter.bias_axes is not None  # a tensor all layers share (MPNet's position bias)
         self.initializers: list[onnx.TensorProto] = []
         self.constants: set[str] = set()
         self.rule = model.exit_rule if len(model.exit_heads) else None
@@ -137,7 +137,7 @@ class _Stitcher:
         model = self.model
         ids = torch.randint(5, model.config.backbone["vocab_size"], (1, 5))
         args = (ids, self.sample_mask) + ((torch.zeros_like(ids),) if "token_type_ids" in self.input_names else ())
-        embed_out = {"hidden": "embedded"} | ({"position_bias": "position_bias"} if self.mpnet else {})
+        embed_out = {"hidden": "embedded"} | ({"position_bias": "position_bias"} if self.shared_bias else {})
         self.nodes = self.piece(Embeddings(model), args, "embed/", {n: n for n in self.input_names}, embed_out)
         self.hidden, self.ops = "embedded", _GraphOps(self)
         exits = {int(i) for i in model.exit_heads} if self.rule is not None else set()
@@ -182,7 +182,7 @@ class _Stitcher:
     def _layer_feeds(self, i: int) -> tuple[dict[str, str], tuple]:
         feeds = {"hidden": self.hidden, "attention_mask": "attention_mask"}
         args: tuple = (self.sample_hidden, self.sample_mask)
-        if self.mpnet:
+        if self.shared_bias:
             feeds["position_bias"] = "position_bias"
             args += (self.model.adapter.position_bias(self.model.backbone, self.sample_hidden),)
         return feeds, args
@@ -225,8 +225,8 @@ class _Stitcher:
         return results[0], results[1], None
 
     def head(self, running):
-        body = self.piece(Head(self.model), (self.sample_hidden,), "head/", {"hidden": self.hidden},
-                          {"logits": "head/logits"})
+        body = self.piece(Head(self.model), (self.sample_hidden, self.sample_mask), "head/",
+                          {"hidden": self.hidden, "attention_mask": "attention_mask"}, {"logits": "head/logits"})
         self.nodes += self.branch(running, "head", body, ["head/logits"], [self.initial_logits()])
         return "head"
 

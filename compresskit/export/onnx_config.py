@@ -33,5 +33,7 @@ class CompressKitOnnxConfig(TextEncoderOnnxConfig):
 
 
 def input_names(model_type: str) -> list[str]:
-    """The tokenizer outputs a backbone reads (RoBERTa and MPNet have no token types)."""
-    return ["input_ids", "attention_mask"] + (["token_type_ids"] if model_type == "bert" else [])
+    """The tokenizer outputs a backbone reads (RoBERTa, MPNet, DistilBERT, ... read no token types)."""
+    from compresskit.modeling.backbones import adapter_for
+
+    return ["input_ids", "attention_mask"] + (["token_type_ids"] if adapter_for(model_type).token_types else [])

@@ -113,7 +113,7 @@ class _GatesAndHead(nn.Module):
         outputs = []
         if self.later:
             outputs.append(torch.stack([gate(out, attention_mask) for gate in self.later], 1))
-        return (*outputs, self.head(out))
+        return (*outputs, self.head(out, attention_mask))
 
 
 class _Embed(nn.Module):
@@ -129,9 +129,13 @@ class _Embed(nn.Module):
         return tuple(outputs)
 
 
+def _shared_bias(model) -> bool:
+    """Whether the backbone shares a tensor across layers (`position_bias`), computed with the embeddings."""
+    return model.adapter.bias_axes is not None
+
+
 def _embed_outputs(model) -> list[str]:
-    mpnet = model.config.backbone["model_type"] == "mpnet"
-    return ["hidden"] + (["position_bias"] if mpnet else []) + _gate_outputs(model, -1)
+    return ["hidden"] + (["position_bias"] if _shared_bias(model) else []) + _gate_outputs(model, -1)
 
 
 def _has_exit(model, index: int) -> bool:
@@ -160,7 +164,7 @@ class _Layer(nn.Module):
         if self.gates_and_head is not None:
             outputs += self.gates_and_head(out, attention_mask)
         elif self.head is not None:
-            outputs.append(self.head(out))
+            outputs.append(self.head(out, attention_mask))
         return tuple(outputs)
 
 
@@ -184,7 +188,7 @@ def _export_parts(model: CompressedModelForSequenceClassification, work: Path) -
     mask = torch.ones_like(ids)
     types = torch.zeros_like(ids)
     batch_seq, batch = {0: "batch", 1: "sequence"}, {0: "batch"}
-    mpnet = model.config.backbone["model_type"] == "mpnet"
+    shared = _shared_bias(model)  # a tensor all layers share (MPNet's relative-position bias)
     graphs: list[str] = []
 
     def save(module, args, file, inputs, outputs):
@@ -193,8 +197,8 @@ def _export_parts(model: CompressedModelForSequenceClassification, work: Path) -
         module.eval()
         axes = {n: batch_seq for n in inputs if n != "position_bias"}
         axes |= {n: batch_seq if n in ("hidden", "out") else batch for n in outputs if n != "position_bias"}
-        if mpnet:
-            axes["position_bias"] = {2: "sequence", 3: "sequence_k"}
+        if shared:
+            axes["position_bias"] = model.adapter.bias_axes
         torch.onnx.export(module, args, str(work / file), input_names=inputs, output_names=outputs,
                           dynamic_axes=axes, opset_version=ONNX_OPSET, dynamo=False)
         graphs.append(file)
@@ -208,14 +212,14 @@ def _export_parts(model: CompressedModelForSequenceClassification, work: Path) -
         if fused:
             outputs = _layer_outputs(model, 0)
             save(_EmbedAndFirstLayer(model), token_args, "layer_0.onnx", token_inputs,
-                 outputs[:1] + (["position_bias"] if mpnet else []) + outputs[1:])
+                 outputs[:1] + (["position_bias"] if shared else []) + outputs[1:])
         else:
             save(_Embed(model), token_args, "embed.onnx", token_inputs, _embed_outputs(model))
         hidden = torch.randn(2, 7, hidden_size)
         bias = model.adapter.position_bias(model.backbone, hidden)
         for i in range(1 if fused else 0, model.num_layers):
-            args = (hidden, mask) + ((bias,) if mpnet else ())
-            inputs = ["hidden", "attention_mask"] + (["position_bias"] if mpnet else [])
+            args = (hidden, mask) + ((bias,) if shared else ())
+            inputs = ["hidden", "attention_mask"] + (["position_bias"] if shared else [])
             save(_Layer(model, i), args, f"layer_{i}.onnx", inputs, _layer_outputs(model, i))
             if str(i) in model.gates and _has_exit(model, i):  # the exit of rows whose gate skips layer i
                 save(ExitHead(model, i), (hidden, mask), f"after_{i}.onnx", ["out", "attention_mask"],
@@ -225,7 +229,7 @@ def _export_parts(model: CompressedModelForSequenceClassification, work: Path) -
     return {"format": DYNAMIC_FORMAT, "kind": "dynamic", "inputs": names, "graphs": graphs,
             "num_layers": model.num_layers, "one_call": graphs[-1], "one_call_exit_rule": model.config.exit_rule,
             "gates": sorted(int(i) for i in model.gates),
-            "exits": sorted(i for i in range(model.num_layers) if _has_exit(model, i)), "position_bias": mpnet}
+            "exits": sorted(i for i in range(model.num_layers) if _has_exit(model, i)), "position_bias": shared}
 
 
 def _validate(model: CompressedModelForSequenceClassification, tokenizer: Any, work: Path,

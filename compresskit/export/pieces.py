@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from compresskit.modeling.routing import gate_opens
@@ -29,8 +28,8 @@ class LayerStep(nn.Module):
         self.model, self.layer = model, model.layers[index]
 
     def forward(self, hidden, attention_mask, position_bias=None):
-        additive = (1.0 - attention_mask[:, None, None, :].to(hidden.dtype)) * torch.finfo(hidden.dtype).min
-        return self.model.adapter.run_layer(self.layer, hidden, additive, position_bias, False)[0]
+        mask = self.model.adapter.layer_mask(attention_mask, hidden.dtype)
+        return self.model.adapter.run_layer(self.layer, hidden, mask, position_bias, False)[0]
 
 
 class GateLogits(nn.Module):
@@ -71,5 +70,5 @@ class Head(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, hidden):
-        return self.model.adapter.head(self.model.backbone, hidden)
+    def forward(self, hidden, attention_mask):
+        return self.model.adapter.head(self.model.backbone, hidden, attention_mask)

@@ -157,7 +157,9 @@ class OnnxClassifier:
         """The longest input the position embeddings cover (RoBERTa and MPNet offset positions by 2)."""
         config = self._config
         backbone = config.get("backbone") or config
-        offset = 2 if backbone.get("model_type") in ("roberta", "mpnet") else 0
+        from compresskit.modeling.backbones import adapter_for
+
+        offset = adapter_for(backbone["model_type"]).position_offset if "model_type" in backbone else 0
         return int(backbone.get("max_position_embeddings", 512)) - offset
 
     @property

@@ -16,8 +16,6 @@ from transformers import AutoConfig, PretrainedConfig
 
 from compresskit.errors import ModelFormatError
 
-SUPPORTED_BACKBONES = ("bert", "roberta", "mpnet")
-
 
 class LayerSpec(BaseModel):
     """One transformer layer of a compressed model."""
@@ -102,11 +100,9 @@ class CompressedConfig(PretrainedConfig):
     @classmethod
     def from_backbone_config(cls, backbone: PretrainedConfig) -> CompressedConfig:
         """The config of an uncompressed model: every layer, head and FFN unit kept."""
-        if backbone.model_type not in SUPPORTED_BACKBONES:
-            raise ModelFormatError(
-                f"backbone type {backbone.model_type!r} is not supported; "
-                f"supported: {', '.join(SUPPORTED_BACKBONES)}"
-            )
+        from compresskit.modeling.backbones import adapter_for
+
+        adapter_for(backbone.model_type)  # an architecture without an adapter is an error naming those with one
         n_heads = backbone.num_attention_heads
         layers = [
             LayerSpec(source=i, heads=list(range(n_heads)), intermediate_size=backbone.intermediate_size)

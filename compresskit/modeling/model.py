@@ -20,7 +20,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrainedModel
 from transformers.utils import ModelOutput
 
-from compresskit.modeling.backbones import ADAPTERS
+from compresskit.modeling.backbones import adapter_for
 from compresskit.modeling.config import CompressedConfig
 from compresskit.modeling.dynamic import ExitHead, LayerGate, build_exit_rule, pool, sampled_straight_through
 from compresskit.modeling.routed import Route, routed_forward
@@ -54,7 +54,7 @@ class CompressedModelForSequenceClassification(PreTrainedModel):
     def __init__(self, config: CompressedConfig, backbone: PreTrainedModel | None = None):
         super().__init__(config)
         specs = config.layer_specs()
-        self.adapter = ADAPTERS[config.backbone["model_type"]]
+        self.adapter = adapter_for(config.backbone["model_type"])
         # the backbone's modules are initialised (or loaded) already; resized layers, gates and
         # exit heads are not, and post_init() initialises exactly those
         if backbone is None:
@@ -154,7 +154,7 @@ class CompressedModelForSequenceClassification(PreTrainedModel):
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         hidden = self.adapter.embed(self.backbone, input_ids, token_type_ids)
-        additive = (1.0 - attention_mask[:, None, None, :].to(hidden.dtype)) * torch.finfo(hidden.dtype).min
+        additive = self.adapter.layer_mask(attention_mask, hidden.dtype)
         bias = self.adapter.position_bias(self.backbone, hidden)
         if dynamic is None:
             dynamic = not self.training and self.is_dynamic
@@ -209,7 +209,7 @@ class CompressedModelForSequenceClassification(PreTrainedModel):
             layer_mask[:, i] = g.detach() > 0.5
         executed = layer_mask.sum(1).to(hidden.dtype)
         return CompressedOutput(
-            logits=self.adapter.head(self.backbone, hidden),
+            logits=self.adapter.head(self.backbone, hidden, mask),
             hidden_states=tuple(states) if output_hidden_states else None,
             attentions=tuple(maps) if output_attentions else None,
             attention_scores=tuple(scores) if output_attention_scores else None,

@@ -90,7 +90,7 @@ class TorchBackend:
 
     def head(self, running):
         rows = running.nonzero().squeeze(1)
-        return self._full(rows, self.model.adapter.head(self.model.backbone, self.hidden[rows]))
+        return self._full(rows, self.model.adapter.head(self.model.backbone, self.hidden[rows], self.mask[rows]))
 
     def initial_logits(self):
         return torch.zeros(self.ops.batch, self.labels, device=self.hidden.device, dtype=self.hidden.dtype)

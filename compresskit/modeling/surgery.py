@@ -43,7 +43,7 @@ def select_layers(model: CompressedModelForSequenceClassification, keep: list[in
     last = len(keep) - 1
     config.layers[last] = {**config.layers[last], "exit": False}  # the last layer predicts with the head
     new = CompressedModelForSequenceClassification(config)
-    prefix = f"backbone.{model.adapter.base_prefix}.encoder.layer."
+    prefix = f"backbone.{model.adapter.layers_prefix}"
     state = {}
     for name, value in model.state_dict().items():
         if name.startswith(prefix):

@@ -28,6 +28,7 @@ from pydantic import Field, model_validator
 
 from compresskit.data.batches import loader, model_inputs
 from compresskit.evaluation.flops import count_parameters, flops_per_example
+from compresskit.modeling.backbones import adapter_for
 from compresskit.modeling.model import CompressedModelForSequenceClassification
 from compresskit.modeling.pruning import PruneSettings, prune
 from compresskit.registry import register_strategy
@@ -78,9 +79,9 @@ class CostEffStrategy(EarlyExitStrategy[CostEffConfig]):
     name = "cost_eff"
 
     def plan(self, shape: ModelShape, ctx: PlanContext) -> ModelShape:
-        if shape.model_type == "mpnet" and self.config.head_ratio > 0:
-            ctx.problem("head_ratio", "MPNet shares one relative-position bias across layers, so its heads cannot be "
-                                      "pruned layer by layer; set head_ratio: 0 (FFN only) or distil into BERT first")
+        reason = adapter_for(shape.model_type).head_pruning
+        if reason and self.config.head_ratio > 0:
+            ctx.problem("head_ratio", reason)
         return super().plan(shape, ctx)
 
     def rule(self):

@@ -14,6 +14,7 @@ from pydantic import Field, model_validator
 
 from compresskit.data.batches import loader, model_inputs
 from compresskit.evaluation.flops import count_parameters
+from compresskit.modeling.backbones import adapter_for
 from compresskit.modeling.pruning import PruneSettings, prune
 from compresskit.registry import StageConfig, Strategy, register_strategy
 from compresskit.stage import ModelShape, PipelineState, PlanContext, StageContext
@@ -57,9 +58,9 @@ class StructuredPruneStrategy(Strategy[StructuredPruneConfig]):
     kind = "static"
 
     def plan(self, shape: ModelShape, ctx: PlanContext) -> ModelShape:
-        if shape.model_type == "mpnet" and self.config.head_ratio > 0:
-            ctx.problem("head_ratio", "MPNet shares one relative-position bias across layers, so its heads cannot be "
-                                      "pruned layer by layer; set head_ratio: 0 (FFN only) or distil into BERT first")
+        reason = adapter_for(shape.model_type).head_pruning
+        if reason and self.config.head_ratio > 0:
+            ctx.problem("head_ratio", reason)
         return shape
 
     def apply(self, state: PipelineState, ctx: StageContext) -> PipelineState:
