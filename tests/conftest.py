@@ -32,8 +32,13 @@ from transformers import (
     AutoModelForSequenceClassification,
     BertConfig,
     BertTokenizerFast,
+    DebertaV2Config,
+    DistilBertConfig,
+    ElectraConfig,
+    ModernBertConfig,
     MPNetConfig,
     RobertaConfig,
+    XLMRobertaConfig,
 )
 
 # Tiny models gain nothing from threads, and one thread per test process keeps a shared
@@ -49,11 +54,25 @@ VOCAB = SPECIAL + POSITIVE + NEGATIVE + FILLER
 
 TINY = dict(vocab_size=len(VOCAB), hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
             intermediate_size=64, max_position_embeddings=64, num_labels=2)
+WIDE = {**TINY, "hidden_size": 64, "intermediate_size": 96}
 CONFIGS = {
     "bert": lambda: BertConfig(**TINY),
     # RoBERTa offsets positions by padding_idx + 1
     "roberta": lambda: RobertaConfig(**{**TINY, "max_position_embeddings": 70}, pad_token_id=0),
     "mpnet": lambda: MPNetConfig(**{**TINY, "max_position_embeddings": 70}, pad_token_id=0),
+    # the architectures added later, at the size the support table names (hidden 64, 4 layers, 4 heads)
+    "xlm-roberta": lambda: XLMRobertaConfig(**{**WIDE, "max_position_embeddings": 70}, pad_token_id=0),
+    "electra": lambda: ElectraConfig(**WIDE, embedding_size=32),  # narrower embeddings, projected
+    "distilbert": lambda: DistilBertConfig(vocab_size=len(VOCAB), dim=64, n_layers=4, n_heads=4, hidden_dim=96,
+                                           max_position_embeddings=64, pad_token_id=0, num_labels=2),
+    # DeBERTa-v3's layout: relative attention over log buckets, shared key projections, no absolute positions
+    "deberta-v2": lambda: DebertaV2Config(**WIDE, relative_attention=True, position_buckets=8,
+                                          max_relative_positions=64, pos_att_type=["p2c", "c2p"], share_att_key=True,
+                                          norm_rel_ebd="layer_norm", position_biased_input=False, type_vocab_size=0,
+                                          pad_token_id=0),
+    # every second layer attends within a window of 4 tokens either side (shorter than the tiny task's rows)
+    "modernbert": lambda: ModernBertConfig(**WIDE, global_attn_every_n_layers=2, local_attention=8, pad_token_id=0,
+                                           bos_token_id=2, eos_token_id=3, cls_token_id=2, sep_token_id=3),
 }
 
 

@@ -25,6 +25,10 @@ SHAPES = [
     pytest.param("roberta", dict(gates=True, exits="patience_confidence"), id="roberta-gated+exits"),
     pytest.param("bert", dict(exits="policy"), id="bert-policy"),
     pytest.param("bert", dict(exits="learned", exit_pooling="mean"), id="bert-learned-mean-pooled"),
+    # every architecture added since: its static model and its model with gates and exits
+    *(pytest.param(arch, shape, id=f"{arch}-{kind}") for arch in ("xlm-roberta", "electra", "distilbert",
+                                                                   "deberta-v2", "modernbert")
+      for kind, shape in (("static", {}), ("gated+exits", dict(gates=True, exits="patience_confidence")))),
 ]
 
 

@@ -57,7 +57,8 @@ def diversify(model: CompressedModelForSequenceClassification) -> None:
 
     Random tiny layers barely change the [CLS] state, so every example would take the same
     path and routing would go untested. Larger weights make examples differ; each gate, policy
-    and threshold is then centred on the median example of a reference batch.
+    and threshold is then centred between the two middle values of a reference batch (never on
+    one: an example exactly on a threshold is a tie that rounding may decide either way).
     """
     for module in model.modules():
         if isinstance(module, torch.nn.Linear):
@@ -65,25 +66,34 @@ def diversify(model: CompressedModelForSequenceClassification) -> None:
     batch = inputs(batch=16, seed=99)
     for i in sorted(int(k) for k in model.gates):  # in order: a gate sees what earlier gates did
         logits = model(**batch, dynamic=False).gate_logits[i]
-        model.gates[str(i)].net[2].bias[1] -= (logits[:, 1] - logits[:, 0]).median()
+        model.gates[str(i)].net[2].bias[1] -= centre(logits[:, 1] - logits[:, 0])
     rule = model.exit_rule
     if rule is None:
         return
     for i, head in model.exit_heads.items():  # each head splits the batch between the two classes
         logits = model(**batch, dynamic=False).exit_logits[int(i)]
-        head.classifier.bias[1] -= (logits[:, 1] - logits[:, 0]).median()
+        head.classifier.bias[1] -= centre(logits[:, 1] - logits[:, 0])
     out = model(**batch, dynamic=False)
     exit_logits = torch.cat([out.exit_logits[i] for i in sorted(out.exit_logits)])
     if hasattr(rule, "lte"):  # BERxiT's exit module: half the examples certain enough
-        states = torch.cat([out.exit_summaries[i] for i in sorted(out.exit_logits)])
-        rule.lte.bias -= rule.lte(states).median()
+        first = min(out.exit_logits)  # the module is shared: split the examples at the first exit
+        rule.lte.bias -= centre(rule.lte(out.exit_summaries[first]))
     elif hasattr(rule, "threshold"):
         normalized = isinstance(rule, PatienceConfidenceRule)
-        rule.threshold = float(entropy(exit_logits, normalized=normalized).median())
+        rule.threshold = float(centre(entropy(exit_logits, normalized=normalized)))
         model.config.exit_rule["threshold"] = rule.threshold
     if hasattr(rule, "policies"):
         for i, policy in enumerate(rule.policies):
-            policy[2].bias -= policy(out.exit_summaries[i]).median()
+            policy[2].bias -= centre(policy(out.exit_summaries[i]))
+
+
+def centre(values: torch.Tensor) -> torch.Tensor:
+    """A value between the two middle distinct values (below all of them when they are all one)."""
+    distinct = values.flatten().unique()
+    if len(distinct) == 1:
+        return distinct[0] - 1.0
+    k = len(distinct) // 2
+    return (distinct[k - 1] + distinct[k]) / 2
 
 
 SHAPES = [
@@ -134,8 +144,11 @@ def test_layer_shapes_follow_the_config(backbone):
     sizes = []
     for layer in model.layers:
         parts = model.adapter.parts(layer)
-        sizes.append((parts.attention.num_attention_heads, parts.qkv[0].out_features, parts.ffn_in.out_features))
-    assert sizes == [(2, 16, 16), (3, 24, 64), (4, 32, 40)]
+        sizes.append((parts.num_heads, sum(p.out_features for p in parts.qkv), parts.ffn_in.out_features))
+    backbone_config = CONFIGS[backbone]()
+    size = backbone_config.hidden_size // backbone_config.num_attention_heads
+    gated = 2 if model.adapter.parts(model.layers[0]).gated_ffn else 1
+    assert sizes == [(2, 3 * 2 * size, 16 * gated), (3, 3 * 3 * size, 64 * gated), (4, 3 * 4 * size, 40 * gated)]
 
 
 def logits_in_a_fresh_process(directory: Path, batch: dict[str, torch.Tensor]) -> torch.Tensor:

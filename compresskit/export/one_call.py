@@ -99,6 +99,8 @@ class _Stitcher:
         join the outer graph's initializers."""
         file = self.pieces / f"{prefix.strip('/')}.onnx"
         dynamic = {name: {0: "batch", 1: "sequence"} for name in inputs if name in _TOKEN_AXES}
+        if "position_bias" in inputs:  # the shared tensor's own sequence axes
+            dynamic["position_bias"] = self.model.adapter.bias_axes
         with torch.no_grad():
             torch.onnx.export(module.eval(), args, str(file), input_names=list(inputs), output_names=list(outputs),
                               dynamic_axes=dynamic, opset_version=ONNX_OPSET, dynamo=False)
@@ -108,13 +110,23 @@ class _Stitcher:
         def rename(name: str) -> str:
             return name if name == "" else names.get(name, prefix + name)
 
-        nodes = []
-        for node in graph.node:
-            node = copy.deepcopy(node)
-            node.name = prefix + node.name
-            node.input[:] = [rename(n) for n in node.input]
-            node.output[:] = [rename(n) for n in node.output]
-            nodes.append(node)
+        def rename_nodes(nodes) -> None:
+            for node in nodes:
+                node.name = prefix + node.name
+                node.input[:] = [rename(n) for n in node.input]
+                node.output[:] = [rename(n) for n in node.output]
+                for attribute in node.attribute:  # a piece's own If/Loop branches (DeBERTa's scripted helpers)
+                    if attribute.type == onnx.AttributeProto.GRAPH:
+                        body = attribute.g
+                        rename_nodes(body.node)
+                        for value in [*body.input, *body.output, *body.initializer]:
+                            value.name = rename(value.name)
+                        for value in body.output:  # traced at one length: shapes must stay open
+                            value.type.tensor_type.ClearField("shape")
+                        del body.value_info[:]
+
+        nodes = copy.deepcopy(list(graph.node))
+        rename_nodes(nodes)
         for tensor in graph.initializer:
             tensor = copy.deepcopy(tensor)
             tensor.name = rename(tensor.name)

@@ -15,7 +15,7 @@ class Embeddings(nn.Module):
         self.model = model
 
     def forward(self, input_ids, attention_mask, token_type_ids=None):
-        hidden = self.model.adapter.embed(self.model.backbone, input_ids, token_type_ids)
+        hidden = self.model.adapter.embed(self.model.backbone, input_ids, token_type_ids, attention_mask)
         bias = self.model.adapter.position_bias(self.model.backbone, hidden)
         return (hidden,) if bias is None else (hidden, bias)
 
@@ -29,7 +29,7 @@ class LayerStep(nn.Module):
 
     def forward(self, hidden, attention_mask, position_bias=None):
         mask = self.model.adapter.layer_mask(attention_mask, hidden.dtype)
-        return self.model.adapter.run_layer(self.layer, hidden, mask, position_bias, False)[0]
+        return self.model.adapter.run_layer(self.model.backbone, self.layer, hidden, mask, position_bias, False)[0]
 
 
 class GateLogits(nn.Module):

@@ -102,14 +102,16 @@ class CompressedConfig(PretrainedConfig):
         """The config of an uncompressed model: every layer, head and FFN unit kept."""
         from compresskit.modeling.backbones import adapter_for
 
-        adapter_for(backbone.model_type)  # an architecture without an adapter is an error naming those with one
-        n_heads = backbone.num_attention_heads
+        adapter = adapter_for(backbone.model_type)  # no adapter: an error naming the architectures with one
+        adapter.check(backbone)
+        sizes = adapter.dimensions(backbone)
         layers = [
-            LayerSpec(source=i, heads=list(range(n_heads)), intermediate_size=backbone.intermediate_size)
-            for i in range(backbone.num_hidden_layers)
+            LayerSpec(source=i, heads=list(range(sizes["num_attention_heads"])),
+                      intermediate_size=sizes["intermediate_size"])
+            for i in range(sizes["num_hidden_layers"])
         ]
         return cls(
-            backbone=_backbone_dict(backbone),
+            backbone=_backbone_dict(backbone) | sizes,
             layers=[spec.model_dump() for spec in layers],
             num_labels=backbone.num_labels,
             id2label=backbone.id2label,
@@ -163,6 +165,9 @@ class CompressedConfig(PretrainedConfig):
             problem_type=self.problem_type,
         )
         config = AutoConfig.for_model(model_type, **params)
+        from compresskit.modeling.backbones import adapter_for
+
+        adapter_for(model_type).prepare_config(config)
         config._attn_implementation = "eager"  # exact FLOP counts and attention maps need it
         return config
 

@@ -10,7 +10,6 @@ skips, and an exited example leaves the batch.
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -87,6 +86,8 @@ class CompressedModelForSequenceClassification(PreTrainedModel):
     def _shape_layers(self, backbone: PreTrainedModel, specs: list) -> None:
         n_heads = self.config.backbone["num_attention_heads"]
         width = self.config.backbone["intermediate_size"]
+        for index, spec in enumerate(specs):
+            self.adapter.layer_for_source(backbone, index, spec.source)
         for layer, spec in zip(self.adapter.layers(backbone), specs, strict=True):
             if len(spec.heads) != n_heads or spec.intermediate_size != width:
                 self.adapter.resize_layer(layer, len(spec.heads), spec.intermediate_size)
@@ -102,6 +103,7 @@ class CompressedModelForSequenceClassification(PreTrainedModel):
         """Wrap a stock HF sequence classifier (weights shared, nothing copied)."""
         backbone.config._attn_implementation = "eager"
         config = CompressedConfig.from_backbone_config(backbone.config)
+        adapter_for(backbone.config.model_type).prepare_config(backbone.config)
         return cls(config, backbone=backbone)
 
     @classmethod
@@ -153,7 +155,7 @@ class CompressedModelForSequenceClassification(PreTrainedModel):
     ) -> CompressedOutput:
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        hidden = self.adapter.embed(self.backbone, input_ids, token_type_ids)
+        hidden = self.adapter.embed(self.backbone, input_ids, token_type_ids, attention_mask)
         additive = self.adapter.layer_mask(attention_mask, hidden.dtype)
         bias = self.adapter.position_bias(self.backbone, hidden)
         if dynamic is None:
@@ -185,11 +187,11 @@ class CompressedModelForSequenceClassification(PreTrainedModel):
         for i, layer in enumerate(self.layers):
             with contextlib.ExitStack() as capture:
                 probs = capture.enter_context(self._capture_probabilities(layer)) if output_attentions else None
-                raw = capture.enter_context(self._capture_scores(layer)) if output_attention_scores else None
-                new, attn = self.adapter.run_layer(layer, hidden, additive, bias, output_attentions)
+                raw = capture.enter_context(self.adapter.capture_scores(layer)) if output_attention_scores else None
+                new, attn = self.adapter.run_layer(self.backbone, layer, hidden, additive, bias, output_attentions)
             if raw is not None:
                 scores.append(raw["scores"])
-            if probs is not None:  # as the softmax gave them: attention dropout (training) is not the model's view
+            if probs:  # as the softmax gave them: attention dropout (training) is not the model's view
                 attn = probs["probs"]
             if str(i) in self.gates:
                 logits = self.gates[str(i)](hidden, mask)
@@ -226,32 +228,15 @@ class CompressedModelForSequenceClassification(PreTrainedModel):
     def _capture_probabilities(self, layer: nn.Module) -> Iterator[dict[str, torch.Tensor]]:
         """A layer's attention probabilities before attention dropout (the input of its dropout module)."""
         out: dict[str, torch.Tensor] = {}
-        hook = self.adapter.parts(layer).attention.dropout.register_forward_pre_hook(
-            lambda module, args: out.__setitem__("probs", args[0]))
+        dropout = self.adapter.attention_dropout(layer)
+        if dropout is None:  # no dropout module: the maps the layer returns are the softmax's
+            yield out
+            return
+        hook = dropout.register_forward_pre_hook(lambda module, args: out.__setitem__("probs", args[0]))
         try:
             yield out
         finally:
             hook.remove()
-
-    @contextlib.contextmanager
-    def _capture_scores(self, layer: nn.Module) -> Iterator[dict[str, torch.Tensor]]:
-        """Raw attention scores q.k/sqrt(d) of one layer, read off its query/key projections.
-
-        Taken before the mask, the softmax and attention dropout (which eager attention applies
-        to the probabilities it returns), as TinyBERT's attention loss wants them.
-        """
-        parts = self.adapter.parts(layer)
-        out: dict[str, torch.Tensor] = {}
-        hooks = [proj.register_forward_hook(lambda m, i, o, key=key: out.__setitem__(key, o))
-                 for key, proj in zip(("q", "k"), parts.qkv[:2], strict=True)]
-        try:
-            yield out
-        finally:
-            for hook in hooks:
-                hook.remove()
-        heads, size = parts.attention.num_attention_heads, parts.attention.attention_head_size
-        q, k = (out[key].view(out[key].shape[0], -1, heads, size).transpose(1, 2) for key in ("q", "k"))
-        out["scores"] = q @ k.transpose(-1, -2) / math.sqrt(size)
 
 
 def register_auto_classes() -> None:

@@ -22,6 +22,7 @@ import torch_pruning as tp
 
 from compresskit.data.batches import model_inputs
 from compresskit.errors import CompressKitError
+from compresskit.modeling.backbones import LayerParts
 from compresskit.modeling.model import CompressedModelForSequenceClassification
 
 LossFn = Callable[[torch.nn.Module, dict[str, torch.Tensor]], torch.Tensor]
@@ -59,28 +60,33 @@ def prune(model: CompressedModelForSequenceClassification, batches: list[dict[st
 
     head_scores, ffn_scores = [], []
     for index, p in enumerate(parts):
-        query = p.qkv[0]
-        group = graph.get_pruning_group(query, tp.prune_linear_out_channels, idxs=list(range(query.out_features)))
-        if cfg.head_ratio > 0:
-            check_group_is_local(group, model.layers[index], index)
-        heads = p.attention.num_attention_heads
-        head_scores.append(importance(group).view(heads, -1).sum(1))
+        if p.fused_qkv:
+            head_scores.append(fused_head_scores(p, cfg.importance))
+        else:
+            query = p.qkv[0]
+            group = graph.get_pruning_group(query, tp.prune_linear_out_channels,
+                                            idxs=list(range(query.out_features)))
+            if cfg.head_ratio > 0:
+                check_group_is_local(group, model.layers[index], index)
+            head_scores.append(importance(group).view(p.num_heads, -1).sum(1))
         group = graph.get_pruning_group(p.ffn_in, tp.prune_linear_out_channels,
                                         idxs=list(range(p.ffn_in.out_features)))
-        ffn_scores.append(importance(group))
+        # a gated FFN's first projection is [input | gate]: a neuron scores both halves
+        ffn_scores.append(importance(group).view(2 if p.gated_ffn else 1, -1).sum(0))
     model.zero_grad(set_to_none=True)
 
     keep_heads = choose(head_scores, cfg.head_ratio, cfg.scope, multiple=1)
     keep_ffn = choose(ffn_scores, cfg.ffn_ratio, cfg.scope, multiple=cfg.round_ffn_to)
     config = copy.deepcopy(model.config)
     for index, p in enumerate(parts):
-        head_size = p.attention.attention_head_size
-        heads = p.attention.num_attention_heads
-        drop = [c for h in range(heads) if h not in keep_heads[index]
-                for c in range(h * head_size, (h + 1) * head_size)]
-        if drop:
-            graph.get_pruning_group(p.qkv[0], tp.prune_linear_out_channels, idxs=drop).prune()
-        drop = [c for c in range(p.ffn_in.out_features) if c not in keep_ffn[index]]
+        dead = [h for h in range(p.num_heads) if h not in keep_heads[index]]
+        if dead and p.fused_qkv:  # the graph cannot follow [q | k | v] through the head split: prune directly
+            tp.prune_linear_out_channels(p.qkv[0], head_channels(p, dead))
+            tp.prune_linear_in_channels(p.attention_out, [h * p.head_size + c for h in dead
+                                                          for c in range(p.head_size)])
+        elif dead:
+            graph.get_pruning_group(p.qkv[0], tp.prune_linear_out_channels, idxs=head_channels(p, dead)).prune()
+        drop = neuron_channels(p, [c for c in range(p.intermediate) if c not in keep_ffn[index]])
         if drop:
             graph.get_pruning_group(p.ffn_in, tp.prune_linear_out_channels, idxs=drop).prune()
         spec = config.layers[index]
@@ -91,6 +97,34 @@ def prune(model: CompressedModelForSequenceClassification, batches: list[dict[st
     pruned = CompressedModelForSequenceClassification(config)
     pruned.load_state_dict(model.state_dict())
     return pruned.train(training)
+
+
+def fused_head_scores(parts: LayerParts, importance: str) -> torch.Tensor:
+    """Per head of a fused [q | k | v] projection: what torch-pruning's group importance sums for
+    an unfused one, over the head's rows of the projection and its columns of the output."""
+    def local(linear: torch.nn.Linear, channels: list[int], dim: int) -> torch.Tensor:
+        weight = linear.weight
+        value = (weight * weight.grad).abs() if importance == "taylor" else weight.pow(2)
+        return value.index_select(dim, torch.tensor(channels, device=weight.device)).sum()
+
+    size = parts.head_size
+    return torch.stack([
+        local(parts.qkv[0], head_channels(parts, [h]), 0)
+        + local(parts.attention_out, list(range(h * size, (h + 1) * size)), 1)
+        for h in range(parts.num_heads)]).detach()
+
+
+def head_channels(parts: LayerParts, heads: list[int]) -> list[int]:
+    """The output channels of the (first) query projection that carry these heads."""
+    size, width = parts.head_size, parts.num_heads * parts.head_size
+    blocks = range(3) if parts.fused_qkv else range(1)
+    return [b * width + h * size + c for b in blocks for h in heads for c in range(size)]
+
+
+def neuron_channels(parts: LayerParts, neurons: list[int]) -> list[int]:
+    """The output channels of the FFN's first projection that carry these neurons."""
+    halves = range(2) if parts.gated_ffn else range(1)
+    return [half * parts.intermediate + n for half in halves for n in neurons]
 
 
 def task_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:

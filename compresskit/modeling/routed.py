@@ -74,8 +74,8 @@ class TorchBackend:
         rows = runs.nonzero().squeeze(1)
         if rows.numel():
             layer = self.model.layers[step.layer]
-            self.hidden[rows], _ = self.model.adapter.run_layer(layer, self.hidden[rows], self.additive[rows],
-                                                                self.bias, False)
+            self.hidden[rows], _ = self.model.adapter.run_layer(self.model.backbone, layer, self.hidden[rows],
+                                                                self.additive[rows], self.bias, False)
 
     def exit(self, step: Step, running, state):
         rows = running.nonzero().squeeze(1)

@@ -65,6 +65,6 @@ def adapter_for(model_type: str) -> BackboneAdapter:
 
 
 # the built-in architectures register themselves
-from compresskit.modeling.backbones import bert, mpnet  # noqa: E402, F401
+from compresskit.modeling.backbones import bert, deberta, distilbert, modernbert, mpnet  # noqa: E402, F401
 
 __all__ = ["ADAPTERS", "BackboneAdapter", "LayerParts", "adapter_for", "register_backbone", "supported"]

@@ -30,7 +30,7 @@ class ElectraAdapter(BackboneAdapter):
 
     base_prefix = "electra"
 
-    def embed(self, model, input_ids, token_type_ids):
+    def embed(self, model, input_ids, token_type_ids, attention_mask):
         base = self.base(model)
         hidden = base.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
         return base.embeddings_project(hidden) if hasattr(base, "embeddings_project") else hidden

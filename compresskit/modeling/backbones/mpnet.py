@@ -15,13 +15,13 @@ class MPNetAdapter(BackboneAdapter):
     head_pruning = ("MPNet shares one relative-position bias across layers, so its heads cannot be pruned layer by "
                     "layer; set head_ratio: 0 (FFN only) or distil into BERT first")
 
-    def embed(self, model, input_ids, token_type_ids):
+    def embed(self, model, input_ids, token_type_ids, attention_mask):
         return self.base(model).embeddings(input_ids=input_ids)  # MPNet has no token types
 
     def position_bias(self, model, hidden):
         return self.base(model).encoder.compute_position_bias(hidden[:1])
 
-    def run_layer(self, layer, hidden, mask, position_bias, output_attentions):
+    def run_layer(self, model, layer, hidden, mask, position_bias, output_attentions):
         if position_bias is not None and layer.kept_heads is not None:
             # the shared bias has one slice per original head: keep this layer's heads
             position_bias = position_bias[:, layer.kept_heads]
@@ -33,7 +33,8 @@ class MPNetAdapter(BackboneAdapter):
 
     def parts(self, layer):
         att = layer.attention.attn
-        return LayerParts(att, (att.q, att.k, att.v), att.o, layer.intermediate.dense, layer.output.dense)
+        return LayerParts(att, (att.q, att.k, att.v), att.o, layer.intermediate.dense, layer.output.dense,
+                          att.num_attention_heads, att.attention_head_size)
 
     def _qkv_names(self):
         return ("q", "k", "v")
