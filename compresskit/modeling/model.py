@@ -108,7 +108,10 @@ class CompressedModelForSequenceClassification(PreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: Any, *args: Any, **kwargs: Any):
-        """Loads a compressed checkpoint, or a stock BERT/RoBERTa/MPNet one (wrapped). Safetensors only."""
+        """Loads a compressed checkpoint, or a stock one of an architecture with an adapter (wrapped).
+
+        Safetensors only.
+        """
         kwargs.setdefault("use_safetensors", True)  # never unpickle: a pickle can run code when loaded
         config = kwargs.get("config") or AutoConfig.from_pretrained(pretrained_model_name_or_path)
         if config.model_type == CompressedConfig.model_type:

@@ -9,62 +9,10 @@ Other packages add architectures through the `compresskit.backbones` entry point
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-from compresskit.errors import ModelFormatError
-from compresskit.modeling.backbones.base import BackboneAdapter, LayerParts
-
-ENTRY_POINTS = "compresskit.backbones"
-ADAPTERS: dict[str, BackboneAdapter] = {}
-_plugins_loaded = False
-
-
-def register_backbone(*model_types: str) -> Callable[[type[BackboneAdapter]], type[BackboneAdapter]]:
-    """Class decorator: the adapter of these Hugging Face `model_type`s (a type taken twice is an error)."""
-    def wrap(cls: type[BackboneAdapter]) -> type[BackboneAdapter]:
-        for model_type in model_types:
-            existing = ADAPTERS.get(model_type)
-            if existing is not None and type(existing) is not cls:
-                raise ModelFormatError(f"backbone {model_type!r} is registered twice: by {type(existing).__module__}."
-                                       f"{type(existing).__qualname__} and by {cls.__module__}.{cls.__qualname__}")
-            ADAPTERS[model_type] = cls()
-        return cls
-    return wrap
-
-
-def _load_plugins() -> None:
-    global _plugins_loaded
-    if _plugins_loaded:
-        return
-    from importlib.metadata import entry_points
-
-    for ep in entry_points(group=ENTRY_POINTS):
-        try:
-            cls = ep.load()
-        except Exception as err:  # a broken plugin must surface, named
-            raise ModelFormatError(f"backbone plugin {ep.name!r} ({ep.value}) failed to import: {err}") from err
-        if type(ADAPTERS.get(ep.name)) is not cls:
-            register_backbone(ep.name)(cls)
-    _plugins_loaded = True
-
-
-def supported() -> list[str]:
-    _load_plugins()
-    return sorted(ADAPTERS)
-
-
-def adapter_for(model_type: str) -> BackboneAdapter:
-    if model_type not in ADAPTERS:
-        _load_plugins()
-    if model_type not in ADAPTERS:
-        raise ModelFormatError(
-            f"backbone type {model_type!r} is not supported; supported: {', '.join(supported())}. An adapter for "
-            f"another architecture is one file (docs/adding-a-backbone.md), registered through the {ENTRY_POINTS!r} "
-            "entry points")
-    return ADAPTERS[model_type]
-
-
 # the built-in architectures register themselves
-from compresskit.modeling.backbones import bert, deberta, distilbert, modernbert, mpnet  # noqa: E402, F401
+from compresskit.modeling.backbones import bert, deberta, distilbert, modernbert, mpnet  # noqa: E402, F401, I001
+from compresskit.modeling.backbones.base import BackboneAdapter, LayerParts
+from compresskit.modeling.backbones.registry import ADAPTERS, ENTRY_POINTS, adapter_for, register_backbone, supported
 
-__all__ = ["ADAPTERS", "BackboneAdapter", "LayerParts", "adapter_for", "register_backbone", "supported"]
+__all__ = ["ADAPTERS", "ENTRY_POINTS", "BackboneAdapter", "LayerParts", "adapter_for", "register_backbone",
+           "supported"]

@@ -9,8 +9,8 @@ from __future__ import annotations
 from transformers.models.deberta_v2.modeling_deberta_v2 import build_relative_position
 
 from compresskit.errors import ModelFormatError
-from compresskit.modeling.backbones import register_backbone
 from compresskit.modeling.backbones.base import BackboneAdapter, LayerParts
+from compresskit.modeling.backbones.registry import register_backbone
 
 
 @register_backbone("deberta-v2")

@@ -10,8 +10,8 @@ import torch
 from torch import nn
 from transformers.models.modernbert.modeling_modernbert import ModernBertEncoderLayer, apply_rotary_pos_emb
 
-from compresskit.modeling.backbones import register_backbone
 from compresskit.modeling.backbones.base import BackboneAdapter, LayerParts
+from compresskit.modeling.backbones.registry import register_backbone
 
 
 @register_backbone("modernbert")

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from compresskit.modeling.backbones import register_backbone
 from compresskit.modeling.backbones.base import BackboneAdapter, LayerParts
+from compresskit.modeling.backbones.registry import register_backbone
 
 
 @register_backbone("mpnet")
