@@ -24,9 +24,7 @@ class ModernBertAdapter(BackboneAdapter):
         config.reference_compile = False  # torch.compile inside the layers would hide them from tracing
 
     def dimensions(self, config):
-        return {"hidden_size": config.hidden_size, "num_attention_heads": config.num_attention_heads,
-                "intermediate_size": config.intermediate_size, "num_hidden_layers": config.num_hidden_layers,
-                "hidden_dropout_prob": config.classifier_dropout}
+        return {**super().dimensions(config), "hidden_dropout_prob": config.classifier_dropout}
 
     def layer_for_source(self, model, index, source):
         # a layer's kind (global or sliding-window attention, a norm before attention or not) follows
