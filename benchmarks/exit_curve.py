@@ -55,7 +55,7 @@ def curve(path: str, data, split: str, task, max_length: int, seed: int) -> dict
     points = []
     for value in [*values, chosen]:
         setattr(model.exit_rule, knob, value)
-        points.append({knob: float(value), **replayed_metrics(model, logits, states, labels)})
+        points.append({knob: float(value), **replayed_metrics(model, logits, states, labels, task)})
     return {"model": path, "rule": rule["name"], "knob": knob, "points": points[:-1], "operating_point": points[-1]}
 
 
@@ -67,7 +67,7 @@ def policy_curve(path: str, model, tokenizer, replayed, task, max_length: int, s
 
     logits, states, labels = replayed
 
-    operating = {"alpha": None, **replayed_metrics(model, logits, states, labels)}  # the saved policies
+    operating = {"alpha": None, **replayed_metrics(model, logits, states, labels, task)}  # the saved policies
     cfg = ConsistentEEConfig(strategy="consistentee", name="curve")
     train = tokenize(load_splits(task, ["train"], seed=seed), tokenizer, max_length)["train"]
     rows, _ = split_for_calibration(train, cfg.calibration.fraction, seed)
@@ -79,7 +79,7 @@ def policy_curve(path: str, model, tokenizer, replayed, task, max_length: int, s
     for alpha in sorted({*cfg.alphas, *(round(a, 3) for a in np.arange(0.01, 0.2001, 0.01))}):
         model.exit_rule.load_state_dict(fresh.state_dict())
         fit_policies(model.exit_rule, cached, cfg, alpha, seed, desc=f"refit alpha={alpha}")
-        points.append({"alpha": alpha, **replayed_metrics(model, logits, states, labels)})
+        points.append({"alpha": alpha, **replayed_metrics(model, logits, states, labels, task)})
     return {"model": path, "rule": "policy", "knob": "alpha", "points": points, "operating_point": operating}
 
 

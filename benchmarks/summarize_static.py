@@ -128,7 +128,7 @@ def cost_eff(runs: Path, plot_path: Path | None) -> None:
         from compresskit.strategies.cost_eff import plot_curves
 
         plot_path.parent.mkdir(parents=True, exist_ok=True)
-        plot_curves(info["curve"], info["curve_unpruned"], plot_path)
+        plot_curves(info["curve"], info["curve_unpruned"], "accuracy", plot_path)
 
 
 def latency(runs: Path) -> None:

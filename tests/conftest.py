@@ -116,6 +116,43 @@ def make_task_files(directory: Path, sizes: dict[str, int] | None = None, seed: 
     return files
 
 
+def make_regression_files(directory: Path, sizes: dict[str, int] | None = None, seed: int = 0) -> dict[str, str]:
+    """csv splits of a learnable regression: the score is the share of positive keywords (0, 0.5, 1),
+    with a little noise."""
+    rng = random.Random(seed)
+    directory.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for split, n in (sizes or {"train": 96, "validation": 48, "test": 48}).items():
+        path = directory / f"{split}.csv"
+        with open(path, "w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["review", "score"])
+            for i in range(n):
+                positive = i % 3
+                words = rng.sample(FILLER, 3) + rng.sample(POSITIVE, positive) + rng.sample(NEGATIVE, 2 - positive)
+                rng.shuffle(words)
+                writer.writerow([" ".join(words), f"{positive / 2 + rng.uniform(-0.05, 0.05):.4f}"])
+        files[split] = str(path)
+    return files
+
+
+def make_pair_files(directory: Path, sizes: dict[str, int] | None = None, seed: int = 0) -> dict[str, str]:
+    """csv splits of a learnable three-class sentence-pair task: how many of the two sentences are positive."""
+    rng = random.Random(seed)
+    directory.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for split, n in (sizes or {"train": 96, "validation": 48, "test": 48}).items():
+        path = directory / f"{split}.csv"
+        with open(path, "w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["first", "second", "verdict"])
+            for i in range(n):
+                a, b = i % 2, (i // 2) % 2
+                writer.writerow([sentence(rng, a), sentence(rng, b), ["none", "one", "both"][a + b]])
+        files[split] = str(path)
+    return files
+
+
 def task_spec(files: dict[str, str]) -> dict:
     return {"name": "tiny_sentiment", "source": "files", "data_files": files, "text_fields": ["review"],
             "label_field": "sentiment", "num_labels": 2, "labels": ["neg", "pos"]}

@@ -6,6 +6,7 @@ import pytest
 import torch
 from datasets import Dataset
 
+from compresskit.data.tasks import KNOWN_TASKS
 from compresskit.modeling import CompressedConfig
 from compresskit.modeling.dynamic import entropy
 from compresskit.pipeline import Pipeline
@@ -75,9 +76,11 @@ def test_calibration_replays_exactly_what_inference_does(rule, parameter, poolin
         ent = entropy(exit_logits.flatten(0, 1), normalized=rule == "patience_confidence")
         candidates = ent.quantile(torch.tensor([0.2, 0.4, 0.6, 0.8])).tolist()
 
-    result = calibrate(model, heldout, tokenizer, parameter, candidates, CalibrationConfig(target_layers=2))
+    task = KNOWN_TASKS["rotten_tomatoes"]
+    result = calibrate(model, heldout, tokenizer, task, parameter, candidates, CalibrationConfig(target_layers=2))
     assert model.config.exit_rule[parameter] == result["chosen"][parameter]
-    exit_layer, preds = replay(model, *all_exit_logits(model, heldout, tokenizer)[:2])
+    exit_layer, logits = replay(model, *all_exit_logits(model, heldout, tokenizer)[:2])
+    preds = logits.argmax(-1)
     padded = tokenizer.pad([{"input_ids": r["input_ids"]} for r in rows], return_tensors="pt")
     with torch.no_grad():
         out = model.eval()(**padded)  # the routed inference a user runs

@@ -104,6 +104,11 @@ class ExitRule(nn.Module):
                state: dict[str, torch.Tensor]) -> torch.Tensor:
         raise NotImplementedError
 
+    def decision_margin(self, layer: int, logits: torch.Tensor, score: torch.Tensor, rows: torch.Tensor,
+                        state: dict[str, torch.Tensor]) -> torch.Tensor:
+        """`margin`, for rules whose decision also reads the state (called before `decide` updates it)."""
+        return self.margin(layer, logits, score)
+
     def should_exit(self, layer: int, logits: torch.Tensor, summary: torch.Tensor,
                     rows: torch.Tensor, state: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.decide(layer, self.score(layer, logits, summary), rows, state)
@@ -185,29 +190,48 @@ class EntropyRule(ExitRule):
 
 @register_exit_rule("patience")
 class PatienceRule(ExitRule):
-    """PABEE: exit when the argmax has not changed for `patience` consecutive exit layers."""
+    """PABEE: exit when the prediction has not changed for `patience` consecutive exit layers.
 
-    def __init__(self, num_layers: int, hidden_size: int, patience: int = 2):
-        super().__init__(num_layers, hidden_size)
-        self.patience = patience
-
-    def init_state(self, batch_size, device):
-        return {"last": torch.full((batch_size,), -1.0, device=device),
-                "count": torch.zeros(batch_size, dtype=torch.long, device=device)}
-
-    def score(self, layer, logits, summary):
-        return logits.argmax(-1).to(logits.dtype)  # the prediction, as a float to travel with the others
+    A class prediction is unchanged when the argmax is; a regression's (one output) when it moved by
+    less than `tolerance` since the layer before (PABEE's regression form, its paper's tau).
+    """
 
     remembers = True
 
+    def __init__(self, num_layers: int, hidden_size: int, patience: int = 2, tolerance: float = 0.0):
+        super().__init__(num_layers, hidden_size)
+        self.patience, self.tolerance = patience, tolerance
+
+    def init_state(self, batch_size, device):
+        return {"last": torch.full((batch_size,), math.nan, device=device),
+                "count": torch.zeros(batch_size, dtype=torch.long, device=device)}
+
+    def score(self, layer, logits, summary):
+        if logits.shape[-1] == 1:
+            return logits[..., 0]  # the regression's value
+        return logits.argmax(-1).to(logits.dtype)  # the prediction, as a float to travel with the others
+
     def margin(self, layer, logits, score):
         if logits.shape[-1] < 2:
+            # a regression's decision turns on how far the value moved, which needs the layer before
+            # (`decision_margin`); without it, no tie can be told
             return torch.full_like(score, math.inf)
         top = logits.topk(2, dim=-1).values
         return top[..., 0] - top[..., 1]  # the argmax's lead: how far the prediction is from changing
 
+    def decision_margin(self, layer, logits, score, rows, state):
+        if logits.shape[-1] > 1:
+            return self.margin(layer, logits, score)
+        moved = (score - state["last"][rows]).abs()
+        # the first exit has no layer before: its decision (count 0) is never close
+        return torch.where(moved == moved, (moved - self.tolerance).abs(), math.inf)
+
     def decide(self, layer, score, rows, state):
-        count = (state["count"][rows] + 1) * (score == state["last"][rows])  # reset when the argmax changes
+        last = state["last"][rows]
+        moved = score - last
+        # unchanged: the same class, or a value within the tolerance (NaN at the first exit: changed)
+        same = (moved <= self.tolerance) & (moved >= -self.tolerance) if self.tolerance > 0 else score == last
+        count = (state["count"][rows] + 1) * same  # reset when the prediction changes
         state["count"][rows] = count
         state["last"][rows] = score
         return count >= self.patience

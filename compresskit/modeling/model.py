@@ -179,9 +179,7 @@ class CompressedModelForSequenceClassification(PreTrainedModel):
         return pool(hidden, mask, self.exit_pooling)
 
     def task_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        if self.config.num_labels == 1:
-            return nn.functional.mse_loss(logits.squeeze(-1), labels.to(logits.dtype))
-        return nn.functional.cross_entropy(logits, labels)
+        return task_loss(logits, labels)
 
     def _full_forward(self, hidden, mask, additive, bias, output_hidden_states, output_attentions,
                       output_attention_scores=False):
@@ -248,3 +246,10 @@ def register_auto_classes() -> None:
     AutoModelForSequenceClassification.register(
         CompressedConfig, CompressedModelForSequenceClassification, exist_ok=True
     )
+
+
+def task_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy, or MSE when the head has one output (a regression, `num_labels: 1`)."""
+    if logits.shape[-1] == 1:
+        return nn.functional.mse_loss(logits.squeeze(-1), labels.to(logits.dtype))
+    return nn.functional.cross_entropy(logits, labels)

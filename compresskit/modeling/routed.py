@@ -83,9 +83,9 @@ class TorchBackend:
         summary = self.model.exit_summary(self.hidden[rows], self.mask[rows])
         logits = self.model.exit_heads[str(step.layer)](summary)
         score = rule.score(step.layer, logits, summary)
+        margin = self._full(rows, rule.decision_margin(step.layer, logits, score, rows, state).to(self.hidden.dtype),
+                            math.inf) if self.margins else None
         leave = rule.decide(step.layer, score, rows, state)
-        margin = self._full(rows, rule.margin(step.layer, logits, score).to(self.hidden.dtype), math.inf) \
-            if self.margins else None
         return self._full(rows, leave, False), self._full(rows, logits), margin
 
     def head(self, running):

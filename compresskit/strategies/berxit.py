@@ -35,6 +35,7 @@ class BERxiTStrategy(EarlyExitStrategy[BERxiTConfig]):
     """
 
     name = "berxit"
+    regression_refusal = None
 
     def rule(self):
         return {"name": "learned", "threshold": 0.5}
@@ -67,5 +68,13 @@ def _exits_and_lte_loss(model, batch):
     loss = layer_weighted_loss(out, batch["labels"], "uniform")
     layers = sorted(out.exit_logits)
     certainty = torch.stack([rule.certainty(out.exit_summaries[i]) for i in layers], 1)
-    right = torch.stack([(out.exit_logits[i].argmax(-1) == batch["labels"]).float() for i in layers], 1)
+    right = torch.stack([_certainty_target(out.exit_logits[i], batch["labels"]) for i in layers], 1)
     return loss + F.mse_loss(certainty, right)
+
+
+def _certainty_target(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """What the LTE module learns to predict of an exit: 1 if its class is right; on a regression
+    (one output) 1 - tanh(|error|), BERxiT's regression form."""
+    if logits.shape[-1] == 1:
+        return 1 - torch.tanh((logits[:, 0] - labels.to(logits.dtype)).abs()).detach()
+    return (logits.argmax(-1) == labels).float()

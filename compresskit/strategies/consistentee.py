@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 from compresskit.data.batches import model_inputs
 from compresskit.registry import register_strategy
 from compresskit.stage import StageContext
-from compresskit.training.calibration import all_exit_logits, choose_setting, replayed_metrics
+from compresskit.training.calibration import all_exit_logits, choose_setting, full_score, replayed_metrics
 from compresskit.training.early_exit import (
     EarlyExitStrategy,
     ExitStageConfig,
@@ -86,6 +86,8 @@ class ConsistentEEStrategy(EarlyExitStrategy[ConsistentEEConfig]):
     """
 
     name = "consistentee"
+    regression_refusal = ("rewards its exit policies with each layer's cross-entropy and the layer from which "
+                          "its class stays right, which a regression does not have")
 
     def rule(self):
         return {"name": "policy", "policy_hidden": self.config.policy_hidden}
@@ -114,7 +116,8 @@ class ConsistentEEStrategy(EarlyExitStrategy[ConsistentEEConfig]):
         return model, {"history": history, "memorized_layer_counts": memorized_counts}
 
     def calibrate(self, model, heldout, state, ctx):
-        return _calibrate_alpha(model, self._states, heldout, state.tokenizer, self._untrained, self.config, ctx)
+        return _calibrate_alpha(model, self._states, heldout, state.tokenizer, state.task, self._untrained, self.config,
+                                ctx)
 
 
 @dataclass
@@ -166,12 +169,12 @@ def fit_policies(rule, states: LayerStates, cfg: ConsistentEEConfig, alpha: floa
     return history
 
 
-def _calibrate_alpha(model, states: LayerStates, heldout: datasets.Dataset, tokenizer, untrained: dict,
+def _calibrate_alpha(model, states: LayerStates, heldout: datasets.Dataset, tokenizer, task, untrained: dict,
                      cfg: ConsistentEEConfig, ctx: StageContext) -> dict[str, Any]:
     """Final step 3 once per alpha candidate (from the same untrained policies); keep the one the
     calibration goal picks on the held-out rows."""
     logits, summaries, labels = all_exit_logits(model, heldout, tokenizer)
-    full_accuracy = float((logits[-1].argmax(-1) == labels).float().mean())
+    full = full_score(logits, labels, task)
     table, weights = [], {}
     for alpha in cfg.alphas:
         model.exit_rule.load_state_dict(untrained)
@@ -180,12 +183,12 @@ def _calibrate_alpha(model, states: LayerStates, heldout: datasets.Dataset, toke
         for threshold in cfg.exit_thresholds:
             model.exit_rule.threshold = threshold
             table.append({"alpha": alpha, "threshold": threshold,
-                          **replayed_metrics(model, logits, summaries, labels)})
-    chosen = choose_setting(table, full_accuracy, cfg.calibration, "alpha and threshold")
+                          **replayed_metrics(model, logits, summaries, labels, task)})
+    chosen = choose_setting(table, full, cfg.calibration, "alpha and threshold", task.main_metric)
     model.exit_rule.load_state_dict(weights[chosen["alpha"]])
     model.exit_rule.threshold = chosen["threshold"]
     model.config.exit_rule = {**model.config.exit_rule, "threshold": chosen["threshold"]}
-    return {"parameter": "alpha", "chosen": chosen, "full_accuracy": full_accuracy, "table": table,
+    return {"parameter": "alpha", "chosen": chosen, "metric": task.main_metric, "full_score": full, "table": table,
             "examples": int(labels.numel())}
 
 

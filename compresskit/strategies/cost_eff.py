@@ -27,6 +27,7 @@ import torch
 from pydantic import Field, model_validator
 
 from compresskit.data.batches import loader, model_inputs
+from compresskit.data.tasks import TaskSpec
 from compresskit.evaluation.flops import count_parameters, flops_per_example
 from compresskit.modeling.backbones import adapter_for
 from compresskit.modeling.model import CompressedModelForSequenceClassification
@@ -132,12 +133,12 @@ class CostEffStrategy(EarlyExitStrategy[CostEffConfig]):
         cfg, eval_set = self.config, state.data[ctx.eval_split]
         top = math.log(state.task.num_labels)
         points = [top * i / (cfg.curve_points - 1) for i in range(cfg.curve_points)]
-        info = {"curve": threshold_curve(model, eval_set, state.tokenizer, points),
-                "curve_unpruned": threshold_curve(self._assistant, eval_set, state.tokenizer, points),
+        info = {"curve": threshold_curve(model, eval_set, state.tokenizer, state.task, points),
+                "curve_unpruned": threshold_curve(self._assistant, eval_set, state.tokenizer, state.task, points),
                 "parameters_after": count_parameters(model),
                 "layers": [{"heads": len(s["heads"]), "intermediate_size": s["intermediate_size"]}
                            for s in model.config.layers]}
-        plot_curves(info["curve"], info["curve_unpruned"], ctx.work_dir / "curve.png")
+        plot_curves(info["curve"], info["curve_unpruned"], state.task.main_metric, ctx.work_dir / "curve.png")
         return info
 
 
@@ -165,21 +166,21 @@ def representation_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], 
     return hidden_mse(out.hidden_states, ref.hidden_states, inputs["attention_mask"])
 
 
-def threshold_curve(model: CompressedModelForSequenceClassification, dataset: Any, tokenizer: Any,
+def threshold_curve(model: CompressedModelForSequenceClassification, dataset: Any, tokenizer: Any, task: TaskSpec,
                     thresholds: list[float], flops_examples: int = 128) -> list[dict[str, float]]:
-    """Accuracy, average exit layer and counted FLOPs per example for each entropy threshold."""
+    """The task's metrics, average exit layer and counted FLOPs per example for each entropy threshold."""
     logits, states, labels = all_exit_logits(model, dataset, tokenizer)
     kept = model.exit_rule.threshold
     rows = []
     for value in thresholds:
         model.exit_rule.threshold = value
-        rows.append({"threshold": value, **replayed_metrics(model, logits, states, labels),
+        rows.append({"threshold": value, **replayed_metrics(model, logits, states, labels, task),
                      "flops_per_example": flops_per_example(model, dataset, tokenizer, max_examples=flops_examples)})
     model.exit_rule.threshold = kept
     return rows
 
 
-def plot_curves(curve: list[dict], unpruned: list[dict], path: Any) -> None:
+def plot_curves(curve: list[dict], unpruned: list[dict], metric: str, path: Any) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -187,9 +188,9 @@ def plot_curves(curve: list[dict], unpruned: list[dict], path: Any) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for rows, label in ((unpruned, "multi-exit, full width"), (curve, "COST-EFF (slenderized)")):
-        ax.plot([r["flops_per_example"] / 1e9 for r in rows], [r["accuracy"] for r in rows], marker="o", label=label)
+        ax.plot([r["flops_per_example"] / 1e9 for r in rows], [r[metric] for r in rows], marker="o", label=label)
     ax.set_xlabel("GFLOPs per example (counted)")
-    ax.set_ylabel("accuracy (the recipe's evaluation split)")
+    ax.set_ylabel(f"{metric} (the recipe's evaluation split)")
     ax.set_title("COST-EFF: entropy-threshold sweep")
     ax.grid(alpha=0.3)
     ax.legend()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import numpy as np
+from pydantic import Field
+
 from compresskit.registry import register_strategy
 from compresskit.training.early_exit import EarlyExitStrategy, JointExitConfig, fit_jointly
 
@@ -9,13 +12,18 @@ from compresskit.training.early_exit import EarlyExitStrategy, JointExitConfig, 
 class PABEEConfig(JointExitConfig):
     """Recipe keys of a `pabee` stage."""
 
+    tolerance: float | None = Field(None, ge=0, description="regression only: how far the predicted value may "
+                                    "move between layers and still count as unchanged (the paper's tau), in "
+                                    "label units; null = a tenth of the training labels' standard deviation")
+
 
 @register_strategy
 class PABEEStrategy(EarlyExitStrategy[PABEEConfig]):
     """PABEE: exit when the prediction has not changed for `patience` consecutive layers.
 
     Trained on the layer-weighted sum of the exits' losses; patience calibrated on held-out
-    training rows. Example stage::
+    training rows. On a regression, a prediction is unchanged when it moved by less than
+    `tolerance` (the paper's regression form). Example stage::
 
         - strategy: pabee
           epochs: 2
@@ -24,11 +32,18 @@ class PABEEStrategy(EarlyExitStrategy[PABEEConfig]):
 
     name = "pabee"
     knob = "patience"
+    regression_refusal = None
 
     def rule(self):
         return {"name": "patience", "patience": 1}
 
     def fit(self, model, rows, state, ctx):
+        if state.task.is_regression:
+            tolerance = self.config.tolerance
+            if tolerance is None:
+                tolerance = 0.1 * float(np.std(np.asarray(rows["labels"], dtype=np.float64)))
+            model.exit_rule.tolerance = tolerance
+            model.config.exit_rule = {**model.config.exit_rule, "tolerance": tolerance}
         return fit_jointly(self, model, rows, state, ctx)
 
     def candidates(self, model, state):

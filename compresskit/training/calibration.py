@@ -2,8 +2,9 @@
 
 Every exit's logits (and the final head's) are computed once on the held-out rows; each
 candidate setting of the rule is then replayed through the same control flow inference uses
-(`routing.route`), so the chosen setting gives on that data exactly the depth and accuracy it
-promises.
+(`routing.route`), so the chosen setting gives on that data exactly the depth and score it
+promises. The score is the task's first metric (what decides its best checkpoint too): a setting
+that keeps accuracy can lose F1 on an unbalanced task, or Matthews correlation on CoLA.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from compresskit.data.batches import loader, model_inputs
+from compresskit.data.tasks import TaskSpec
 from compresskit.errors import CompressKitError
+from compresskit.evaluation.metrics import compute_metrics
 from compresskit.modeling.model import CompressedModelForSequenceClassification
 from compresskit.modeling.routed import TorchOps
 from compresskit.modeling.routing import plan, route
@@ -30,8 +33,9 @@ class CalibrationConfig(BaseModel):
     fraction: float = Field(0.1, gt=0, lt=1, description="share of the train split held out for calibration")
     target_layers: float | None = Field(None, gt=0, description="pick the setting closest to this average depth")
     max_accuracy_drop: float | None = Field(None, ge=0, description="or: the fastest setting within this drop "
-                                            "of the full model's held-out accuracy (0.01 = one point; the goal "
-                                            "when neither is given)")
+                                            "of the full model's held-out score on the task's first metric "
+                                            "(accuracy, F1, Matthews, Pearson; 0.01 = one point; the goal when "
+                                            "neither is given)")
 
     @model_validator(mode="after")
     def _one_goal(self) -> CalibrationConfig:
@@ -96,45 +100,53 @@ class _Replay:
 @torch.no_grad()
 def replay(model: CompressedModelForSequenceClassification, logits: torch.Tensor, states: torch.Tensor
            ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exit layer (1-based) and prediction per example under the model's current exit rule.
+    """Exit layer (1-based) and logits per example under the model's current exit rule.
 
     Assumes exits after every layer but the last (as `with_exit_heads` builds them).
     """
     layers = logits.shape[0]
     routed = route(plan(layers, set(), set(range(layers - 1))), _Replay(model, logits, states))
-    return routed.exit_layer, routed.logits.argmax(-1)
+    return routed.exit_layer, routed.logits
 
 
 def replayed_metrics(model: CompressedModelForSequenceClassification, logits: torch.Tensor, states: torch.Tensor,
-                     labels: torch.Tensor) -> dict[str, float]:
-    """Accuracy and average exit layer of the model's current exit rule, replayed (see `replay`)."""
-    exit_layer, preds = replay(model, logits, states)
-    return {"accuracy": float((preds == labels).float().mean()), "avg_layers": float(exit_layer.float().mean())}
+                     labels: torch.Tensor, task: TaskSpec) -> dict[str, float]:
+    """The task's metrics and the average exit layer of the model's current exit rule, replayed (see `replay`)."""
+    exit_layer, routed_logits = replay(model, logits, states)
+    return {**compute_metrics(task, routed_logits.float().numpy(), labels.numpy()),
+            "avg_layers": float(exit_layer.float().mean())}
+
+
+def full_score(logits: torch.Tensor, labels: torch.Tensor, task: TaskSpec) -> float:
+    """The full model's (final head's) score on the task's first metric."""
+    return compute_metrics(task, logits[-1].float().numpy(), labels.numpy())[task.main_metric]
 
 
 def calibrate(model: CompressedModelForSequenceClassification, heldout: datasets.Dataset, tokenizer,
-              parameter: str, candidates: Sequence[float], cfg: CalibrationConfig) -> dict[str, Any]:
+              task: TaskSpec, parameter: str, candidates: Sequence[float], cfg: CalibrationConfig) -> dict[str, Any]:
     """Set `model.exit_rule.<parameter>` (and its saved config) to the candidate `cfg` asks for."""
     logits, states, labels = all_exit_logits(model, heldout, tokenizer)
-    full_accuracy = float((logits[-1].argmax(-1) == labels).float().mean())
+    full = full_score(logits, labels, task)
     table = []
     for value in candidates:
         setattr(model.exit_rule, parameter, value)
-        table.append({parameter: value, **replayed_metrics(model, logits, states, labels)})
-    chosen = choose_setting(table, full_accuracy, cfg, parameter)
+        table.append({parameter: value, **replayed_metrics(model, logits, states, labels, task)})
+    chosen = choose_setting(table, full, cfg, parameter, task.main_metric)
     setattr(model.exit_rule, parameter, chosen[parameter])
     model.config.exit_rule = {**model.config.exit_rule, parameter: chosen[parameter]}
-    return {"parameter": parameter, "chosen": chosen, "full_accuracy": full_accuracy, "table": table,
-            "examples": int(labels.numel())}
+    return {"parameter": parameter, "chosen": chosen, "metric": task.main_metric, "full_score": full,
+            "table": table, "examples": int(labels.numel())}
 
 
-def choose_setting(table: list[dict[str, Any]], full_accuracy: float, cfg: CalibrationConfig, parameter: str
-                   ) -> dict[str, Any]:
-    """The row of `table` (accuracy and avg_layers per setting, on held-out rows) `cfg` asks for."""
+def choose_setting(table: list[dict[str, Any]], full: float, cfg: CalibrationConfig, parameter: str,
+                   metric: str = "accuracy") -> dict[str, Any]:
+    """The row of `table` (`metric` and avg_layers per setting, on held-out rows) `cfg` asks for;
+    `full` is the full model's `metric`."""
     if cfg.target_layers is not None:
         return min(table, key=lambda row: abs(row["avg_layers"] - cfg.target_layers))
-    allowed = [row for row in table if row["accuracy"] >= full_accuracy - cfg.max_accuracy_drop]
+    allowed = [row for row in table if row[metric] >= full - cfg.max_accuracy_drop]
     if not allowed:
-        raise CompressKitError(f"no {parameter} keeps the held-out accuracy within {cfg.max_accuracy_drop} "
-                               f"of {full_accuracy:.4f}; allow a larger drop")
-    return min(allowed, key=lambda row: row["avg_layers"])
+        raise CompressKitError(f"no {parameter} keeps the held-out {metric} within {cfg.max_accuracy_drop} "
+                               f"of {full:.4f}; allow a larger drop (calibration.max_accuracy_drop)")
+    # the fastest; among equally fast settings the best scoring
+    return min(allowed, key=lambda row: (row["avg_layers"], -row[metric]))

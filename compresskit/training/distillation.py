@@ -12,7 +12,10 @@ from torch.nn import functional as F
 
 def prediction_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0
                   ) -> torch.Tensor:
-    """KL(teacher || student) of the softened predictions, scaled by T^2 (Hinton et al.)."""
+    """KL(teacher || student) of the softened predictions, scaled by T^2 (Hinton et al.); on a
+    regression's one output, which has no distribution to soften, the MSE to the teacher's value."""
+    if student_logits.shape[-1] == 1:
+        return F.mse_loss(student_logits, teacher_logits)
     t = temperature
     return F.kl_div(F.log_softmax(student_logits / t, -1), F.log_softmax(teacher_logits / t, -1),
                     log_target=True, reduction="batchmean") * t * t

@@ -13,10 +13,9 @@ from typing import Any, ClassVar, Literal, TypeVar
 import datasets
 import torch
 from pydantic import Field
-from torch.nn import functional as F
 
 from compresskit.data.batches import model_inputs
-from compresskit.modeling.model import CompressedModelForSequenceClassification
+from compresskit.modeling.model import CompressedModelForSequenceClassification, task_loss
 from compresskit.modeling.surgery import with_exit_heads
 from compresskit.registry import StageConfig, Strategy
 from compresskit.stage import ModelShape, PipelineState, PlanContext, StageContext
@@ -46,14 +45,16 @@ class JointExitConfig(ExitStageConfig):
     exit_learning_rate: float = Field(5e-4, gt=0, description="of the fresh exit heads")
 
 
-def plan_exit_heads(strategy: str, cfg: Any, shape: ModelShape, ctx: PlanContext) -> ModelShape:
-    """Validation shared by the strategies that put an exit head after every layer but the last."""
+def plan_exit_heads(strategy: str, cfg: Any, shape: ModelShape, ctx: PlanContext,
+                    regression_refusal: str | None = None) -> ModelShape:
+    """Validation shared by the strategies that put an exit head after every layer but the last;
+    `regression_refusal` says why the method has no regression form (None: it has one)."""
     if shape.num_layers < 2:
         ctx.problem("", f"{strategy} puts exits after the layers before the last: it needs at least 2 layers, "
                         f"the model it receives has {shape.num_layers}")
-    if ctx.task.is_regression:
-        ctx.problem("", f"{strategy} decides exits from class predictions and calibrates on accuracy; the task "
-                        "is a regression (num_labels: 1). Use hadskip, budgeted_exit or a static strategy")
+    if ctx.task.is_regression and regression_refusal:
+        ctx.problem("", f"{strategy} {regression_refusal}; the task is a regression (num_labels: 1). Use pabee, "
+                        "berxit, hadskip, budgeted_exit or a static strategy")
     target = getattr(getattr(cfg, "calibration", None), "target_layers", None)
     if target is not None and target > shape.num_layers:
         ctx.problem("calibration.target_layers", f"{target:g} exceeds the {shape.num_layers} layers of the model "
@@ -69,12 +70,13 @@ def split_for_calibration(train_set: datasets.Dataset, fraction: float, seed: in
 
 def layer_weighted_loss(out: Any, labels: torch.Tensor, weighting: Literal["uniform", "linear"],
                         include_final: bool = True) -> torch.Tensor:
-    """Sum of the exits' (and the final head's) cross-entropy; `linear` weighs layer i by i (PABEE)."""
+    """Sum of the exits' (and the final head's) task losses (cross-entropy; MSE on a regression's one
+    output); `linear` weighs layer i by i (PABEE)."""
     logits = [out.exit_logits[i] for i in sorted(out.exit_logits or {})]
     if include_final:
         logits.append(out.logits)
     weights = [float(i + 1) if weighting == "linear" else 1.0 for i in range(len(logits))]
-    total = sum(w * F.cross_entropy(x, labels) for w, x in zip(weights, logits, strict=True))
+    total = sum(w * task_loss(x, labels) for w, x in zip(weights, logits, strict=True))
     return total / sum(weights)
 
 
@@ -122,6 +124,9 @@ class EarlyExitStrategy(Strategy[E]):
 
     kind = "dynamic"
     knob: ClassVar[str] = "threshold"
+    # why the method has no regression form, as validation says it (None: it has one)
+    regression_refusal: ClassVar[str | None] = ("decides exits from the class distribution of each exit (entropy "
+                                                "or confidence), which a single regression output does not have")
 
     def rule(self) -> dict[str, Any]:
         """The exit rule as built (`name` and its parameters; the knob's value is calibrated later)."""
@@ -137,7 +142,7 @@ class EarlyExitStrategy(Strategy[E]):
 
     def calibrate(self, model: CompressedModelForSequenceClassification, heldout: datasets.Dataset,
                   state: PipelineState, ctx: StageContext) -> dict[str, Any]:
-        return calibrate(model, heldout, state.tokenizer, self.knob, self.candidates(model, state),
+        return calibrate(model, heldout, state.tokenizer, state.task, self.knob, self.candidates(model, state),
                          self.config.calibration)
 
     def describe(self, model: CompressedModelForSequenceClassification, state: PipelineState,
@@ -145,7 +150,7 @@ class EarlyExitStrategy(Strategy[E]):
         return {}
 
     def plan(self, shape: ModelShape, ctx: PlanContext) -> ModelShape:
-        return plan_exit_heads(self.name, self.config, shape, ctx)
+        return plan_exit_heads(self.name, self.config, shape, ctx, self.regression_refusal)
 
     def apply(self, state: PipelineState, ctx: StageContext) -> PipelineState:
         model = with_exit_heads(state.model, self.rule(), self.config.exit_pooling)
