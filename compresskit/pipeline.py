@@ -118,7 +118,7 @@ class Pipeline:
         (self.run_dir / "recipe.yaml").write_text(yaml.safe_dump(self.resolved.to_dict(), sort_keys=False))
         write_json(self.run_dir / "environment.json", {
             "packages": package_versions(), "seed": self.recipe.seed, "processes": self.dist.num_processes,
-            **hardware.environment(),
+            "device": str(self.dist.device), **hardware.environment(),
         })
 
     def _attach_log_file(self) -> logging.Handler | None:
@@ -221,7 +221,9 @@ class Pipeline:
         set_seed(ctx.seed)
         started = time.perf_counter()
         full_raw = state.raw
+        state.model.to(self.dist.device)
         state = strategy.apply(self._train_subset(state, stage.max_train_samples), ctx)
+        state.model.to(self.dist.device)  # a model a stage built anew starts on the host
         if state.raw is not full_raw:  # later stages and evaluation see every row again
             state = dataclasses.replace(state, raw=full_raw, _encoded={})
         seconds = time.perf_counter() - started
@@ -257,7 +259,8 @@ class Pipeline:
         return profile(state, splits, self.recipe.evaluation, known)
 
     def _state_from(self, path: Path, raw: datasets.DatasetDict) -> PipelineState:
-        return PipelineState(model=CompressedModelForSequenceClassification.from_pretrained(path),
+        model = CompressedModelForSequenceClassification.from_pretrained(path).to(self.dist.device)
+        return PipelineState(model=model,
                              tokenizer=AutoTokenizer.from_pretrained(path), task=self.task, raw=raw,
                              max_length=self.recipe.data.max_length)
 
@@ -272,7 +275,7 @@ class Pipeline:
         def model_profile(name: str, known: dict[str, Any] | None) -> dict[str, Any]:
             if name == "input":
                 model, tokenizer = load_model(r.model, self.task, seed=r.seed)
-                state = PipelineState(model=model, tokenizer=tokenizer, task=self.task, raw=raw,
+                state = PipelineState(model=model.to(self.dist.device), tokenizer=tokenizer, task=self.task, raw=raw,
                                       max_length=r.data.max_length)
             else:
                 index = [s["name"] for s in stages].index(name)

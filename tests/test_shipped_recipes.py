@@ -32,15 +32,21 @@ def shrink(stage: dict, model_dir: str) -> dict:
     return small
 
 
-@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
-def test_every_shipped_recipe_runs_on_a_tiny_model(path, tiny_model_dir, tiny_task, tmp_path):
+def shrunk_recipe(path: Path, model_dir: Path, task: dict, directory: Path) -> tuple[Path, dict]:
+    """The recipe at `path` on the tiny model and task, every stage shrunk: its file and contents."""
     raw = yaml.safe_load(path.read_text())
-    raw.update(model=str(tiny_model_dir), task=tiny_task,
+    raw.update(model=str(model_dir), task=task,
                data={**raw.get("data", {}), "max_length": 16, "max_train_samples": 64, "max_eval_samples": 32},
                evaluation={**raw.get("evaluation", {}), "batch_size": 16, "flops_examples": 8})
-    raw["stages"] = [shrink(stage, str(tiny_model_dir)) for stage in raw["stages"]]
-    shrunk = tmp_path / path.name
+    raw["stages"] = [shrink(stage, str(model_dir)) for stage in raw["stages"]]
+    shrunk = directory / path.name
     shrunk.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return shrunk, raw
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
+def test_every_shipped_recipe_runs_on_a_tiny_model(path, tiny_model_dir, tiny_task, tmp_path):
+    shrunk, raw = shrunk_recipe(path, tiny_model_dir, tiny_task, tmp_path)
     report = Pipeline(load_recipe(shrunk), tmp_path / "run").run()
     assert [s["name"] for s in report["stages"]] == [s.get("name", s["strategy"]) for s in raw["stages"]]
     assert report["final"]["validation"]["examples"] > 0

@@ -18,6 +18,11 @@ def model_inputs(batch: dict[str, Any], labels: bool = False) -> dict[str, Any]:
     return {k: v for k, v in batch.items() if k in keep}
 
 
+def on_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """The batch's tensors on `device` (a loss that reads `labels` itself needs them beside the logits)."""
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
 def loader(dataset: Any, tokenizer: PreTrainedTokenizerBase, batch_size: int, shuffle: bool = False,
            seed: int = 0, collate_fn: Callable[[list[dict]], dict] | None = None) -> DataLoader:
     """Batches padded to their own longest row (dynamic padding), shuffled reproducibly."""

@@ -11,6 +11,7 @@ not at all (a temporary sibling, renamed at the end).
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import shutil
@@ -37,13 +38,19 @@ DYNAMIC_FORMAT = 6
 ATOL = 1e-4
 
 
+def on_host(model: torch.nn.Module) -> torch.nn.Module:
+    """`model`, or a copy of it on the CPU: ONNX export traces on the host, and its check compares
+    with PyTorch there (the caller's model stays where it is)."""
+    return model if next(model.parameters()).device == torch.device("cpu") else copy.deepcopy(model).cpu()
+
+
 def export_model(model: CompressedModelForSequenceClassification, tokenizer: Any, output: str | Path,
                  quantize: str | None = None, atol: float = ATOL, overwrite: bool = False) -> dict[str, Any]:
     """Write `model` (+ tokenizer, config, manifest) as ONNX into `output`; returns the manifest."""
     output = Path(output)
     if output.exists() and not overwrite:
         raise CompressKitError(f"export: {output} exists; choose another --output or remove it")
-    model = model.eval()
+    model = on_host(model).eval()
     output.parent.mkdir(parents=True, exist_ok=True)
     work = partial_dir(output)  # also removes what a killed export left
     try:

@@ -156,6 +156,10 @@ class CompressedModelForSequenceClassification(PreTrainedModel):
         route: Route | None = None,
         **unused: Any,
     ) -> CompressedOutput:
+        # inputs follow the model: a batch from a plain loader (evaluation, FLOPs, calibration, a
+        # teacher's call) is on the host while the model may be on an accelerator
+        input_ids, attention_mask, token_type_ids, labels = (
+            None if t is None else t.to(self.device) for t in (input_ids, attention_mask, token_type_ids, labels))
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         hidden = self.adapter.embed(self.backbone, input_ids, token_type_ids, attention_mask)

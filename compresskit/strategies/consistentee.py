@@ -135,6 +135,9 @@ class LayerStates:
         ce = F.cross_entropy(logits.flatten(0, 1), labels.repeat(layers), reduction="none").view(layers, -1).T
         return cls(summaries[:-1], ce, memorized_layer(logits.argmax(-1) == labels))
 
+    def to(self, device: torch.device) -> LayerStates:
+        return LayerStates(self.summaries.to(device), self.layer_ce.to(device), self.memorized.to(device))
+
     def memorized_counts(self) -> list[int]:
         return torch.bincount(self.memorized, minlength=self.layer_ce.shape[1] + 1)[1:].tolist()
 
@@ -147,13 +150,15 @@ def fit_policies(rule, states: LayerStates, cfg: ConsistentEEConfig, alpha: floa
     before it (the alpha candidates are fitted one after another)."""
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam(rule.parameters(), lr=cfg.policy_learning_rate)
+    device = next(rule.parameters()).device
+    states = states.to(device)
     n = states.layer_ce.shape[0]
     steps = max(1, round(cfg.policy_epochs * n / cfg.batch_size))
     order = torch.cat([torch.randperm(n, generator=generator) for _ in range(int(cfg.policy_epochs) + 1)])
     rule.train()
     history, total = [], 0.0
     for step in tqdm(range(steps), desc=desc, leave=False):
-        rows = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+        rows = order[step * cfg.batch_size:(step + 1) * cfg.batch_size].to(device)
         exit_prob = torch.stack([rule.exit_probability(i, s[rows]) for i, s in enumerate(states.summaries)], 1)
         loss = policy_gradient_loss(exit_prob, states.layer_ce[rows], states.memorized[rows], alpha, cfg.rollouts,
                                     cfg.epsilon, cfg.reward == "hardness", generator)
@@ -215,7 +220,8 @@ def policy_gradient_loss(exit_prob: torch.Tensor, layer_ce: torch.Tensor, memori
     p = exit_prob.unsqueeze(1).expand(n, rollouts, layers - 1)
 
     def uniform() -> torch.Tensor:
-        return torch.rand(p.shape, generator=generator, device=p.device)
+        # drawn on the host from the seeded generator, so every device sees the same rollouts
+        return torch.rand(p.shape, generator=generator).to(p.device)
 
     sampled = uniform() < p.detach()
     random = uniform() < 0.5
@@ -255,5 +261,5 @@ def _consistent_task_loss(model, batch):
         forced = torch.ones(decisions.shape[0], 1, dtype=torch.bool, device=decisions.device)
         exit_at = torch.cat([decisions, forced], 1).float().argmax(1)
     logits = _all_layer_logits(out)  # (L, N, C)
-    chosen = logits[exit_at, torch.arange(logits.shape[1])]
+    chosen = logits[exit_at, torch.arange(logits.shape[1], device=logits.device)]
     return F.cross_entropy(chosen, batch["labels"])

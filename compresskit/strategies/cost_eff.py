@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from pydantic import Field, model_validator
 
-from compresskit.data.batches import loader, model_inputs
+from compresskit.data.batches import loader, model_inputs, on_device
 from compresskit.data.tasks import TaskSpec
 from compresskit.evaluation.flops import count_parameters, flops_per_example
 from compresskit.modeling.backbones import adapter_for
@@ -113,7 +113,8 @@ class CostEffStrategy(EarlyExitStrategy[CostEffConfig]):
             # a step's ratio is of what the previous steps left
             step_cfg = PruneSettings(importance="taylor", head_ratio=1 - (1 - heads) / (1 - done_heads),
                                      ffn_ratio=1 - (1 - ffn) / (1 - done_ffn))
-            batches = [model_inputs(b, labels=True) for b in itertools.islice(data, cfg.taylor_batches)]
+            batches = [on_device(model_inputs(b, labels=True), model.device)
+                       for b in itertools.islice(data, cfg.taylor_batches)]
             model = prune(model, batches, step_cfg, loss_fn=exits_loss)
             done_heads, done_ffn = heads, ffn
             if cfg.recover_epochs > 0:

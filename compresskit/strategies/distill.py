@@ -128,7 +128,8 @@ class DistillStrategy(Strategy[DistillConfig]):
         cfg = self.config
         teacher = state.model if cfg.teacher is None else ctx.load_model(cfg.teacher)
         teacher_tokenizer = state.tokenizer if cfg.teacher is None else _tokenizer(ctx.model_path(cfg.teacher))
-        teacher = teacher.eval().requires_grad_(False)
+        device = state.model.device  # the pipeline's: a model loaded here starts on the host
+        teacher = teacher.to(device).eval().requires_grad_(False)
         if cfg.student is not None:
             student, student_tokenizer = load_model(cfg.student, state.task, seed=ctx.seed)
         elif cfg.student_layers is not None:
@@ -136,6 +137,7 @@ class DistillStrategy(Strategy[DistillConfig]):
             student.requires_grad_(True)
         else:  # recovery: the model the previous stage left learns from an earlier one
             student, student_tokenizer = state.model, state.tokenizer
+        student.to(device)
         layer_map = self._layer_map(student.num_layers, teacher.num_layers)
         student_state = PipelineState(model=student, tokenizer=student_tokenizer, task=state.task, raw=state.raw,
                                       max_length=state.max_length)
@@ -299,5 +301,5 @@ def _with_teacher_logits(train_set: datasets.Dataset, teacher, tokenizer, collat
         logits.append(teacher(**_teacher_inputs(batch)).logits.float())
     by_length = torch.cat(logits)
     in_order = torch.empty_like(by_length)
-    in_order[torch.tensor(order)] = by_length
+    in_order[torch.tensor(order, device=by_length.device)] = by_length
     return train_set.add_column("teacher_logits", in_order.tolist())

@@ -10,6 +10,7 @@ from pydantic import Field
 from compresskit.data.batches import loader, model_inputs
 from compresskit.export import OnnxClassifier, export_model
 from compresskit.export.agreement import Agreement, agreement, agreement_one_at_a_time
+from compresskit.export.onnx_export import on_host
 from compresskit.registry import StageConfig, Strategy, register_strategy
 from compresskit.stage import PipelineState, StageContext
 
@@ -59,7 +60,7 @@ def compare(model: torch.nn.Module, runtime: OnnxClassifier, dataset: Any, token
 
     A dynamic export is also run one example at a time (its batch-1 path, the one-call graph):
     `one_at_a_time` holds the same comparison for that path."""
-    model.eval()
+    model = on_host(model).eval()
     tolerance = atol if atol is not None else 0.0
     batched, alone = Agreement(), Agreement()
     for batch in loader(dataset, tokenizer, 64):

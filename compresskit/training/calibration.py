@@ -51,16 +51,17 @@ class CalibrationConfig(BaseModel):
 def all_exit_logits(model: CompressedModelForSequenceClassification, dataset: datasets.Dataset, tokenizer
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(layers, examples, labels) logits of every exit plus the final head, the summaries the exit
-    rule reads (the final layer's too, pooled the same way), labels."""
+    rule reads (the final layer's too, pooled the same way), labels; on the host, where the
+    replays (a few tensor ops per candidate) and the metrics run."""
     model.eval()
     logits, states, labels = [], [], []
     for batch in loader(dataset, tokenizer, 64):
         out = model(**model_inputs(batch), dynamic=False,
                     output_hidden_states=True)
         layers = sorted(out.exit_logits) + [model.num_layers - 1]
-        logits.append(torch.stack([out.exit_logits[i] for i in layers[:-1]] + [out.logits]))
-        final = model.exit_summary(out.hidden_states[-1], batch["attention_mask"])
-        states.append(torch.stack([out.exit_summaries[i] for i in layers[:-1]] + [final]))
+        logits.append(torch.stack([out.exit_logits[i] for i in layers[:-1]] + [out.logits]).cpu())
+        final = model.exit_summary(out.hidden_states[-1], batch["attention_mask"].to(model.device))
+        states.append(torch.stack([out.exit_summaries[i] for i in layers[:-1]] + [final]).cpu())
         labels.append(batch["labels"])
     return torch.cat(logits, 1), torch.cat(states, 1), torch.cat(labels)
 
@@ -81,10 +82,11 @@ class _Replay:
 
     def exit(self, step, running, state):
         rows = running.nonzero().squeeze(1)
-        rule, logits = self.model.exit_rule, self.logits[step.layer]
+        rule, logits, device = self.model.exit_rule, self.logits[step.layer], self.model.device
         leave = torch.zeros_like(running)
-        leave[rows] = rule.decide(step.layer, rule.score(step.layer, logits[rows], self.states[step.layer, rows]),
-                                  rows, state)
+        # a learned rule's score is a network on the model's device; the decision replays on the host
+        score = rule.score(step.layer, logits[rows].to(device), self.states[step.layer, rows].to(device)).cpu()
+        leave[rows] = rule.decide(step.layer, score, rows, state)
         return leave, logits, None
 
     def head(self, running):
