@@ -54,3 +54,19 @@ def test_every_strategy_on_every_architecture_trains_exports_and_reloads(archite
     assert fresh.code == 0, fresh.stderr[-2000:]
     validation = report["stages"][1]["evaluation"]["validation"]
     assert {k: v for k, v in json.loads(fresh.stdout).items() if k != "parameters"} == validation
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_a_bert_student_learns_from_a_teacher_of_every_architecture(architecture, model_dirs, tiny_recipe,
+                                                                   tiny_model_dir, tmp_path):
+    """Cross-architecture distillation, hidden states (through the student's projection, 64 -> 32),
+    attention scores and predictions: the tiny models share one tokenizer, so tokens align."""
+    stages = [{**TEACHER, "epochs": 1},
+              {"strategy": "distill", "name": "student", "student": str(tiny_model_dir), "intermediate_epochs": 1,
+               "prediction_epochs": 1, "batch_size": 16, "learning_rate": 1e-3, "intermediate_learning_rate": 1e-3}]
+    report = Pipeline(load_recipe(tiny_recipe(stages, model=str(model_dirs[architecture]))), tmp_path / "run").run()
+    info = report["stages"][1]["info"]
+    assert report["final"]["stage"] == "student" and info["teacher_layers"] == 4
+    assert {"intermediate", "prediction"} <= set(info["history"])
+    model = CompressedModelForSequenceClassification.from_pretrained(tmp_path / "run" / "stages" / "01-student" / "model")
+    assert model.config.backbone["model_type"] == "bert"
