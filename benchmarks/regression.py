@@ -15,7 +15,7 @@ import yaml
 
 from compresskit.pipeline import Pipeline
 from compresskit.recipe import load_recipe
-from tests.conftest import make_regression_files
+from tests.synthetic import make_regression_files
 
 SIZES = {"train": 1200, "validation": 300, "test": 300}
 STAGES = {

@@ -57,6 +57,7 @@ from compresskit.rundir import (
     remove_stale,
 )
 from compresskit.stage import PipelineState, StageContext
+from compresskit.training import precision
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,9 @@ class Pipeline:
         out = []
         for i, stage in enumerate(self.resolved.stages):
             reads = [input_digest(name) for name in self.resolved.strategy(i).reads()]
-            previous = fingerprint(previous, stage.model_dump(mode="json"), reads)
+            # the precision it trains in, as resolved on this machine (`auto` differs between machines)
+            trains_in = precision.resolve(stage.precision or r.precision, self.dist.device)
+            previous = fingerprint(previous, stage.model_dump(mode="json"), reads, trains_in)
             out.append(previous)
         return out
 
@@ -118,7 +121,10 @@ class Pipeline:
         (self.run_dir / "recipe.yaml").write_text(yaml.safe_dump(self.resolved.to_dict(), sort_keys=False))
         write_json(self.run_dir / "environment.json", {
             "packages": package_versions(), "seed": self.recipe.seed, "processes": self.dist.num_processes,
-            "device": str(self.dist.device), **hardware.environment(),
+            "device": str(self.dist.device), "bf16_native": precision.native_bf16(self.dist.device),
+            "precision": {"requested": self.recipe.precision,
+                          "resolved": precision.resolve(self.recipe.precision, self.dist.device)},
+            **hardware.environment(),
         })
 
     def _attach_log_file(self) -> logging.Handler | None:
@@ -222,14 +228,19 @@ class Pipeline:
         started = time.perf_counter()
         full_raw = state.raw
         state.model.to(self.dist.device)
-        state = strategy.apply(self._train_subset(state, stage.max_train_samples), ctx)
+        trains_in = precision.resolve(stage.precision or self.recipe.precision, self.dist.device)
+        if strategy.kind != "export":
+            log.info("stage %r trains in %s (precision: %s)", stage.name, trains_in,
+                     stage.precision or self.recipe.precision)
+        with precision.training_precision(trains_in):
+            state = strategy.apply(self._train_subset(state, stage.max_train_samples), ctx)
         state.model.to(self.dist.device)  # a model a stage built anew starts on the host
         if state.raw is not full_raw:  # later stages and evaluation see every row again
             state = dataclasses.replace(state, raw=full_raw, _encoded={})
         seconds = time.perf_counter() - started
         evaluation = self.profile(state, [self.recipe.evaluation.split])
         meta = {"name": stage.name, "strategy": stage.strategy, "fingerprint": self.fingerprints[index],
-                "seconds": seconds, "evaluation": evaluation, "info": state.info,
+                "seconds": seconds, "precision": trains_in, "evaluation": evaluation, "info": state.info,
                 "config": stage.model_dump(mode="json")}
         if self.dist.is_main_process:
             state.model.save_pretrained(work_dir / "model")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import torch
 from transformers import AutoConfig
 
 from compresskit.data.loading import check_split_names, load_splits, resolve_task
@@ -23,6 +24,7 @@ from compresskit.modeling.config import CompressedConfig
 from compresskit.modeling.loading import check_model_directory, resolve_model_path
 from compresskit.recipe import ResolvedRecipe
 from compresskit.stage import ModelShape, PlanContext
+from compresskit.training import precision
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +91,12 @@ def check_inputs(resolved: ResolvedRecipe, source: str | None = None) -> list[tu
             problems.append((where, str(err)))
             return None
 
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # what training will run on
+    for where, requested in [("precision", recipe.precision)] + [
+            (f"stages[{i}].precision", stage.precision) for i, stage in enumerate(resolved.stages) if stage.precision]:
+        reason = precision.problem(requested, device)
+        if reason:
+            problems.append((where, reason))
     shape = read_shape(recipe.model, "model")
     planned: list[tuple[str, ModelShape]] = []
     if shape is not None:

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from compresskit.data.tasks import KNOWN_TASKS, TaskSpec
 from compresskit.errors import RecipeError
 from compresskit.registry import StageConfig, Strategy, strategies, unknown_strategy_message
+from compresskit.training.precision import Precision
 from compresskit.yamlfile import load_yaml, parse_yaml
 
 RECIPE_VERSION = 1
@@ -56,6 +57,9 @@ class Recipe(BaseModel):
     model: str = Field(description="packaged model name, local directory or hub name")
     task: str | TaskSpec = Field(description="known task name, or a task mapping")
     data: DataConfig = Field(default_factory=DataConfig)
+    precision: Precision = Field("fp32", description="training precision of every stage: fp32, bf16, fp16 (GPU) "
+                                 "or auto (bf16 where the device multiplies it natively: AVX512-BF16/AMX CPUs, "
+                                 "bf16 GPUs; fp32 elsewhere). Evaluation and export stay fp32")
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     baseline: str | None = Field(
         None, description="stage whose model is the reference in the report ('input' = the recipe's "

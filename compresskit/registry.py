@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from compresskit.errors import CompressKitError
 from compresskit.stage import ModelShape, PipelineState, PlanContext, StageContext
+from compresskit.training.precision import Precision
 
 ENTRY_POINT_GROUP = "compresskit.strategies"
 Kind = Literal["training", "static", "dynamic", "export"]
@@ -34,6 +35,8 @@ class StageConfig(BaseModel):
     max_train_samples: int | None = Field(
         None, ge=1, description="train this stage on this many rows of the train split (the first rows of one "
         "seeded shuffle, so smaller subsets are nested in larger ones); evaluation splits are untouched")
+    precision: Precision | None = Field(None, description="training precision of this stage (default: the "
+                                        "recipe's `precision`)")
 
 
 C = TypeVar("C", bound=StageConfig)

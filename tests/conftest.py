@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import atexit
-import csv
 import json
 import os
-import random
 import shutil
 import subprocess
 import sys
@@ -41,16 +39,23 @@ from transformers import (
     XLMRobertaConfig,
 )
 
+from tests.synthetic import (  # noqa: E402,F401 (the tests import them from here too)
+    FILLER,
+    NEGATIVE,
+    POSITIVE,
+    SPECIAL,
+    VOCAB,
+    make_pair_files,
+    make_regression_files,
+    make_task_files,
+    sentence,
+    task_spec,
+)
+
 # Tiny models gain nothing from threads, and one thread per test process keeps a shared
 # 2-core machine from thrashing (subprocesses inherit the variable).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
-
-POSITIVE = ["good", "great", "fine", "superb", "lovely"]
-NEGATIVE = ["bad", "awful", "poor", "dull", "boring"]
-FILLER = ["the", "movie", "film", "plot", "was", "a", "very", "and", "actors", "story", "is", "quite"]
-SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-VOCAB = SPECIAL + POSITIVE + NEGATIVE + FILLER
 
 TINY = dict(vocab_size=len(VOCAB), hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
             intermediate_size=64, max_position_embeddings=64, num_labels=2)
@@ -91,71 +96,6 @@ def make_model_dir(directory: Path, backbone: str = "bert", seed: int = 0) -> Pa
     model.save_pretrained(directory)
     make_tokenizer(directory)
     return directory
-
-
-def sentence(rng: random.Random, label: int) -> str:
-    words = rng.sample(FILLER, 4) + [rng.choice(POSITIVE if label else NEGATIVE)]
-    rng.shuffle(words)
-    return " ".join(words)
-
-
-def make_task_files(directory: Path, sizes: dict[str, int] | None = None, seed: int = 0) -> dict[str, str]:
-    """csv splits of a learnable sentiment task: the label is carried by one keyword."""
-    rng = random.Random(seed)
-    directory.mkdir(parents=True, exist_ok=True)
-    files = {}
-    for split, n in (sizes or {"train": 96, "validation": 48, "test": 48}).items():
-        path = directory / f"{split}.csv"
-        with open(path, "w", newline="") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(["review", "sentiment"])
-            for i in range(n):
-                label = i % 2
-                writer.writerow([sentence(rng, label), "pos" if label else "neg"])
-        files[split] = str(path)
-    return files
-
-
-def make_regression_files(directory: Path, sizes: dict[str, int] | None = None, seed: int = 0) -> dict[str, str]:
-    """csv splits of a learnable regression: the score is the share of positive keywords (0, 0.5, 1),
-    with a little noise."""
-    rng = random.Random(seed)
-    directory.mkdir(parents=True, exist_ok=True)
-    files = {}
-    for split, n in (sizes or {"train": 96, "validation": 48, "test": 48}).items():
-        path = directory / f"{split}.csv"
-        with open(path, "w", newline="") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(["review", "score"])
-            for i in range(n):
-                positive = i % 3
-                words = rng.sample(FILLER, 3) + rng.sample(POSITIVE, positive) + rng.sample(NEGATIVE, 2 - positive)
-                rng.shuffle(words)
-                writer.writerow([" ".join(words), f"{positive / 2 + rng.uniform(-0.05, 0.05):.4f}"])
-        files[split] = str(path)
-    return files
-
-
-def make_pair_files(directory: Path, sizes: dict[str, int] | None = None, seed: int = 0) -> dict[str, str]:
-    """csv splits of a learnable three-class sentence-pair task: how many of the two sentences are positive."""
-    rng = random.Random(seed)
-    directory.mkdir(parents=True, exist_ok=True)
-    files = {}
-    for split, n in (sizes or {"train": 96, "validation": 48, "test": 48}).items():
-        path = directory / f"{split}.csv"
-        with open(path, "w", newline="") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(["first", "second", "verdict"])
-            for i in range(n):
-                a, b = i % 2, (i // 2) % 2
-                writer.writerow([sentence(rng, a), sentence(rng, b), ["none", "one", "both"][a + b]])
-        files[split] = str(path)
-    return files
-
-
-def task_spec(files: dict[str, str]) -> dict:
-    return {"name": "tiny_sentiment", "source": "files", "data_files": files, "text_fields": ["review"],
-            "label_field": "sentiment", "num_labels": 2, "labels": ["neg", "pos"]}
 
 
 @pytest.fixture(scope="session")

@@ -68,5 +68,6 @@ def test_a_bert_student_learns_from_a_teacher_of_every_architecture(architecture
     info = report["stages"][1]["info"]
     assert report["final"]["stage"] == "student" and info["teacher_layers"] == 4
     assert {"intermediate", "prediction"} <= set(info["history"])
-    model = CompressedModelForSequenceClassification.from_pretrained(tmp_path / "run" / "stages" / "01-student" / "model")
+    student = tmp_path / "run" / "stages" / "01-student" / "model"
+    model = CompressedModelForSequenceClassification.from_pretrained(student)
     assert model.config.backbone["model_type"] == "bert"

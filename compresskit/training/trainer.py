@@ -12,12 +12,14 @@ import copy
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
@@ -27,6 +29,7 @@ from compresskit.data.batches import loader, model_inputs
 from compresskit.data.tasks import TaskSpec
 from compresskit.errors import TrainingError
 from compresskit.evaluation.evaluate import evaluate
+from compresskit.training.precision import accelerate_name, current
 
 log = logging.getLogger(__name__)
 
@@ -104,8 +107,10 @@ def train(
 ) -> TrainResult:
     """Train `model` in place; returns the per-epoch history and the best epoch's metrics."""
     set_seed(seed)
+    # accelerate keeps one mixed-precision setting per process; stages may differ (`precision`)
+    AcceleratorState._reset_state()
     accelerator = Accelerator(gradient_accumulation_steps=config.gradient_accumulation_steps,
-                              cpu=not torch.cuda.is_available())
+                              cpu=not torch.cuda.is_available(), mixed_precision=accelerate_name(current()))
     optimizer = torch.optim.AdamW(_param_groups(model, parameters, config), lr=config.learning_rate)
     params = [p for group in optimizer.param_groups for p in group["params"]]
     data = loader(train_set, tokenizer, config.batch_size, shuffle=True, seed=seed, collate_fn=collate_fn)
@@ -126,7 +131,8 @@ def train(
         bar = tqdm(data, desc=f"{desc} epoch {epoch + 1}/{n_epochs}", disable=not accelerator.is_local_main_process)
         for batch in bar:
             with accelerator.accumulate(wrapped):
-                loss = loss_fn(wrapped, batch)
+                with accelerator.autocast():  # a teacher's forward too; the model's outputs come back fp32
+                    loss = loss_fn(wrapped, batch).float()
                 require_finite(loss, f"{desc} epoch {epoch + 1}, step {step + 1}")
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
@@ -143,8 +149,8 @@ def train(
         train_seconds += time.perf_counter() - started
         record: dict[str, float] = {"epoch": epoch + 1, "train_loss": loss_sum / max(loss_steps, 1)}
         if eval_set is not None:
-            metrics = evaluate(accelerator.unwrap_model(wrapped), eval_set, task, tokenizer,
-                               config.eval_batch_size, accelerator)
+            with _full_precision(accelerator.unwrap_model(wrapped)) as inner:
+                metrics = evaluate(inner, eval_set, task, tokenizer, config.eval_batch_size, accelerator)
             record.update(metrics)
             score = metrics[task.main_metric]
             if math.isfinite(score) and (best_score is None or score > best_score):  # a NaN epoch is never best
@@ -158,8 +164,21 @@ def train(
     result.seconds_per_epoch = train_seconds / max(1, len(result.history))
     if best_state is not None:
         model.load_state_dict(best_state)
+    accelerator.unwrap_model(wrapped, keep_fp32_wrapper=False)  # later stages run the model as it was
     accelerator.free_memory()
     return result
+
+
+@contextmanager
+def _full_precision(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """The model without accelerate's autocast around its forward (mixed precision), for evaluation:
+    reported metrics are fp32's whatever the training precision."""
+    patched = model.__dict__.pop("forward", None)
+    try:
+        yield model
+    finally:
+        if patched is not None:
+            model.forward = patched
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
