@@ -174,8 +174,8 @@ class CompressedModelForSequenceClassification(PreTrainedModel):
         else:
             out = self._full_forward(hidden, attention_mask, additive, bias, output_hidden_states,
                                      output_attentions, output_attention_scores)
-        if labels is not None:
-            out.loss = self.task_loss(out.logits, labels)
+        if labels is not None:  # as an item: a ModelOutput's copies (accelerate's fp32 cast) keep items only
+            out["loss"] = self.task_loss(out.logits, labels)
         return out
 
     def exit_summary(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -164,7 +164,8 @@ def train(
     result.seconds_per_epoch = train_seconds / max(1, len(result.history))
     if best_state is not None:
         model.load_state_dict(best_state)
-    accelerator.unwrap_model(wrapped, keep_fp32_wrapper=False)  # later stages run the model as it was
+    # later stages run the model as it was: no autocast wrapper, nor accelerate's rebinding of forward
+    accelerator.unwrap_model(wrapped, keep_fp32_wrapper=False).__dict__.pop("forward", None)
     accelerator.free_memory()
     return result
 
