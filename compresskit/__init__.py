@@ -1,5 +1,6 @@
 """compresskit: compress BERT-family classifiers with composable, recipe-driven strategies."""
 
+from compresskit.api import RunResult, apply
 from compresskit.modeling import (
     CompressedConfig,
     CompressedModelForSequenceClassification,
@@ -10,4 +11,4 @@ __version__ = "0.1.0"
 
 register_auto_classes()
 
-__all__ = ["CompressedConfig", "CompressedModelForSequenceClassification", "__version__"]
+__all__ = ["CompressedConfig", "CompressedModelForSequenceClassification", "RunResult", "__version__", "apply"]

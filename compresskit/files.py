@@ -28,8 +28,13 @@ _digests: dict[tuple[str, int, int, int], str] = {}
 
 def write_json(path: Path, data: Any) -> None:
     """Write JSON whole or not at all (a temporary file renamed into place)."""
+    write_text(path, json.dumps(data, indent=2, default=float))
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write a file whole or not at all (a temporary file renamed into place)."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=float))
+    tmp.write_text(text)
     os.replace(tmp, path)
 
 

@@ -46,6 +46,7 @@ from compresskit.modeling.model import CompressedModelForSequenceClassification
 from compresskit.preflight import check_inputs
 from compresskit.profiling import profile
 from compresskit.recipe import ResolvedRecipe
+from compresskit.report.model_card import write_model_cards
 from compresskit.report.results import build_report
 from compresskit.rundir import (
     MARKER,
@@ -295,5 +296,28 @@ class Pipeline:
 
         report = build_report(r, self.task, stages, splits, model_profile)
         if self.dist.is_main_process:
+            artifacts = self._final_artifacts(stages)
+            if r.evaluation.latency_examples:
+                report["latency"] = self._latency(artifacts)
             write_json(self.run_dir / "report.json", report)
+            write_model_cards(self.run_dir, report, artifacts)
         return report
+
+    def _final_artifacts(self, stages: list[dict[str, Any]]) -> dict[str, Path]:
+        """The final model's directory and, if the recipe exports, the last export's."""
+        artifacts = {"pytorch": self.stage_dir(len(stages) - 1) / "model"}
+        exports = [i for i, s in enumerate(stages) if s["strategy"] == "export"]
+        if exports:
+            artifacts["onnx"] = self.stage_dir(exports[-1]) / stages[exports[-1]]["info"]["directory"]
+        return artifacts
+
+    def _latency(self, artifacts: dict[str, Path]) -> dict[str, Any]:
+        """The final artifacts timed side by side (batch 1 and 32) on the evaluation split."""
+        from compresskit.benchmark import benchmark
+
+        r = self.recipe
+        result = benchmark([str(p) for p in artifacts.values()], task=self.task, split=r.evaluation.split,
+                           examples=r.evaluation.latency_examples, max_length=r.data.max_length, repeats=2)
+        names = {str(p): kind for kind, p in artifacts.items()}
+        rows = [{"artifact": names[row.pop("model")], **row} for row in result["rows"]]
+        return {**{k: result[k] for k in ("split", "examples", "max_length", "threads")}, "rows": rows}

@@ -44,6 +44,9 @@ class EvaluationConfig(BaseModel):
                                     description="extra splits evaluated for the baseline and final model")
     batch_size: int = Field(64, ge=1)
     flops_examples: int = Field(128, ge=1, description="examples whose executed FLOPs are counted")
+    latency_examples: int = Field(64, ge=0, description="examples of the evaluation split timed at batch 1 and "
+                                  "32 on each final artifact (the model, its export), for report.json's `latency` "
+                                  "and the model cards; 0 = not timed")
 
 
 class Recipe(BaseModel):

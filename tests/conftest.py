@@ -139,7 +139,8 @@ def tiny_recipe(tmp_path, tiny_model_dir, tiny_task):
         recipe = {
             "version": 1, "name": "tiny", "seed": 7, "model": str(tiny_model_dir), "task": tiny_task,
             "data": {"max_length": 16},
-            "evaluation": {"split": "validation", "final_splits": ["test"], "batch_size": 16, "flops_examples": 8},
+            "evaluation": {"split": "validation", "final_splits": ["test"], "batch_size": 16, "flops_examples": 8,
+                           "latency_examples": 0},
             "stages": stages or [
                 {"strategy": "finetune", "name": "teacher", "epochs": 2, "learning_rate": 1e-3, "batch_size": 16},
                 {"strategy": "finetune", "name": "again", "epochs": 1, "learning_rate": 5e-4, "batch_size": 16},
