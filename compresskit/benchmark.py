@@ -23,16 +23,31 @@ from compresskit.errors import CompressKitError
 Runner = Callable[[dict[str, np.ndarray]], np.ndarray]  # encodings in, layers executed per example out
 
 
+# DIR:VARIANT -> how an export's graphs run
+EXPORT_VARIANTS: dict[str, dict[str, Any]] = {
+    "": {}, "int8": {"quantized": True}, "openvino": {"runtime": "openvino"},
+    "openvino-bf16": {"runtime": "openvino", "precision": "bf16"},
+    "openvino-int8": {"runtime": "openvino", "quantized": True},
+}
+
+
 def load_runner(spec: str, threads: int) -> tuple[Runner, Any, str]:
-    """(run one batch, tokenizer, kind) for a model or export directory (`DIR:int8` for INT8 graphs)."""
+    """(run one batch, tokenizer, kind) for a model or export directory; an export's graphs run on
+    `DIR` ONNX Runtime fp32, `DIR:int8` its INT8 graphs, `DIR:openvino` OpenVINO fp32,
+    `DIR:openvino-bf16` OpenVINO bf16."""
     path, _, variant = spec.partition(":")
     if not Path(path).is_dir():
         raise CompressKitError(f"benchmark: {path} is not a directory (a model or an export)")
     if (Path(path) / "compresskit_export.json").exists():
         from compresskit.export import OnnxClassifier
 
-        model = OnnxClassifier(path, quantized=variant == "int8", threads=threads)
-        return (lambda enc: model.forward(enc).layers_executed), model.tokenizer, f"onnx{'-int8' if variant else ''}"
+        settings = EXPORT_VARIANTS.get(variant)
+        if settings is None:
+            raise CompressKitError(f"benchmark: {spec}: ':{variant}' is not one of "
+                                   f"{', '.join(':' + v for v in EXPORT_VARIANTS if v)}")
+        model = OnnxClassifier(path, threads=threads, **settings)
+        kind = f"{model.runtime}-{model.precision}" + ("-int8" if settings.get("quantized") else "")
+        return (lambda enc: model.forward(enc).layers_executed), model.tokenizer, kind
     if variant:
         raise CompressKitError(f"benchmark: {spec}: ':{variant}' applies to ONNX exports only")
     from compresskit.modeling.loading import load_model

@@ -259,7 +259,10 @@ def predict(export_dir: str, texts: tuple[str, ...], pairs: tuple[tuple[str, str
 @handle_errors
 def benchmark(paths: tuple[str, ...], task: str, split: str, examples: int, batch_sizes: str, max_length: int,
               repeats: int, threads: int | None, output: str | None) -> None:
-    """Latency (median, p90) and throughput of models and exports side by side (DIR:int8 for INT8)."""
+    """Latency (median, p90) and throughput of models and exports side by side.
+
+    An export runs on ONNX Runtime fp32; DIR:int8 its INT8 graphs, DIR:openvino and
+    DIR:openvino-bf16 on OpenVINO."""
     from compresskit.benchmark import benchmark as run_benchmark
     from compresskit.benchmark import markdown
 

@@ -6,6 +6,7 @@ import hashlib
 import json
 
 import pytest
+import torch
 import yaml
 
 import compresskit
@@ -58,3 +59,15 @@ def test_each_final_artifact_carries_a_model_card_with_report_jsons_numbers(tiny
         for row in latency["rows"]:
             assert f"| {row['artifact']} | {row['runtime']} | {row['batch_size']} | {row['median_ms']:.2f} |" in card
         assert "strategy: finetune" in card and "torch " in card  # the recipe and the package versions
+    # a static export runs in transformers' pipeline() through Optimum's ORTModel class
+    from optimum.onnxruntime import ORTModelForSequenceClassification
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
+
+    texts = ["the movie was good", "a very dull plot", "superb actors"]
+    tokenizer = AutoTokenizer.from_pretrained(result.export_dir)
+    classify = pipeline("text-classification", model=ORTModelForSequenceClassification.from_pretrained(
+        result.export_dir), tokenizer=tokenizer)
+    model = AutoModelForSequenceClassification.from_pretrained(result.final_model_dir).eval()
+    with torch.no_grad():
+        expected = model(**tokenizer(texts, return_tensors="pt", padding=True)).logits.argmax(-1).tolist()
+    assert [r["label"] for r in classify(texts)] == [model.config.id2label[i] for i in expected]

@@ -1,4 +1,4 @@
-"""ONNX Runtime inference for exported compresskit models, skipping work per example.
+"""Inference for exported compresskit models (ONNX Runtime or OpenVINO: engines.py), skipping work per example.
 
 A dynamic export (format 4 and 5) is a set of graphs: each layer with what follows it (exit logits
 and the exit rule's score; for gated models the logits of every later gate and of the head on
@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 import torch
 
 from compresskit.errors import CompressKitError
+from compresskit.export.engines import Engine, EnginePrecision, OpenVinoGraph, OrtGraph, load_graph
 from compresskit.modeling.routing import gate_opens, plan, route
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,8 @@ class OnnxClassifier:
     """
 
     def __init__(self, directory: str | Path, manifest: dict[str, Any] | None = None, quantized: bool = False,
-                 threads: int | None = None, one_call: bool = True):
+                 threads: int | None = None, one_call: bool = True, runtime: Engine = "onnxruntime",
+                 precision: EnginePrecision = "fp32"):
         self.directory = Path(directory)
         if manifest is None:
             path = self.directory / "compresskit_export.json"
@@ -60,16 +61,13 @@ class OnnxClassifier:
                                    f"{manifest.get('format', 1)}); export the model again with `compresskit export`")
         self.manifest = manifest
         self.suffix = manifest["quantized"]["suffix"] if quantized else ""
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-        self._options = options
+        self.runtime, self.precision, self._threads = runtime, precision, threads
         # every graph is loaded now: a graph first reached mid-stream (a deep layer most examples
         # never run) would otherwise cost its load time (tens of ms) inside some request
         self._sessions = {graph.removesuffix(".onnx"): self._load(graph.removesuffix(".onnx"))
                           for graph in manifest["graphs"]}
-        self._inputs = {name: {i.name for i in s.get_inputs()} for name, s in self._sessions.items()}
-        self._outputs = {name: [o.name for o in s.get_outputs()] for name, s in self._sessions.items()}
+        self._inputs = {name: graph.inputs for name, graph in self._sessions.items()}
+        self._outputs = {name: graph.outputs for name, graph in self._sessions.items()}
         self.inputs: list[str] = manifest["inputs"]
         # routing facts looked up at every layer of every batch, computed once
         self._graphs = set(manifest["graphs"])
@@ -94,15 +92,14 @@ class OnnxClassifier:
         return cls(directory, **kwargs)
 
     # ---- graphs ----------------------------------------------------------------------------
-    def _load(self, name: str) -> ort.InferenceSession:
-        file = self.directory / f"{name}{self.suffix}.onnx"
-        return ort.InferenceSession(str(file), self._options, providers=["CPUExecutionProvider"])
+    def _load(self, name: str) -> OrtGraph | OpenVinoGraph:
+        return load_graph(self.directory / f"{name}{self.suffix}.onnx", self.runtime, self.precision, self._threads)
 
     def _run(self, name: str, feeds: dict[str, np.ndarray | None]) -> dict[str, np.ndarray]:
         """The graph's outputs by name; feeds it does not take (or None) are left out (the exporter
         drops inputs a graph does not use, e.g. the mask of a [CLS]-pooling head)."""
         used = self._inputs[name]
-        values = self._sessions[name].run(None, {k: v for k, v in feeds.items() if k in used and v is not None})
+        values = self._sessions[name].run({k: v for k, v in feeds.items() if k in used and v is not None})
         return dict(zip(self._outputs[name], values, strict=True))
 
     def _load_exit_rule(self):
