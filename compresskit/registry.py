@@ -11,12 +11,12 @@ from __future__ import annotations
 import difflib
 import importlib
 import pkgutil
-from importlib.metadata import entry_points
 from typing import Any, ClassVar, Generic, Literal, TypeVar, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from compresskit.errors import CompressKitError
+from compresskit.plugins import load_entry_points
 from compresskit.stage import ModelShape, PipelineState, PlanContext, StageContext
 from compresskit.training.precision import Precision
 
@@ -116,11 +116,7 @@ def _load_all() -> None:
 
     for module in pkgutil.iter_modules(builtin.__path__):
         importlib.import_module(f"{builtin.__name__}.{module.name}")
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        try:
-            cls = ep.load()
-        except Exception as err:  # any import failure of a plugin must surface, named
-            raise CompressKitError(f"strategy plugin {ep.name!r} ({ep.value}) failed to import: {err}") from err
+    for _, cls in load_entry_points(ENTRY_POINT_GROUP, "strategy", CompressKitError):
         register_strategy(cls)
     _loaded = True
 

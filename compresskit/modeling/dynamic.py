@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from compresskit.errors import ModelFormatError
+from compresskit.plugins import load_entry_points
 
 
 def pool(hidden: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
@@ -137,15 +138,9 @@ def _load_plugins() -> None:
     global _plugins_loaded
     if _plugins_loaded:
         return
-    from importlib.metadata import entry_points
-
-    for ep in entry_points(group=EXIT_RULE_ENTRY_POINTS):
-        try:
-            cls = ep.load()
-        except Exception as err:  # a broken plugin must surface, named
-            raise ModelFormatError(f"exit rule plugin {ep.name!r} ({ep.value}) failed to import: {err}") from err
-        if EXIT_RULES.get(ep.name) is not cls:
-            register_exit_rule(ep.name)(cls)
+    for name, cls in load_entry_points(EXIT_RULE_ENTRY_POINTS, "exit rule", ModelFormatError):
+        if EXIT_RULES.get(name) is not cls:
+            register_exit_rule(name)(cls)
     _plugins_loaded = True
 
 

@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 from compresskit.errors import ModelFormatError
 from compresskit.modeling.backbones.base import BackboneAdapter
+from compresskit.plugins import load_entry_points
 
 ENTRY_POINTS = "compresskit.backbones"
 ADAPTERS: dict[str, BackboneAdapter] = {}
@@ -29,15 +30,9 @@ def _load_plugins() -> None:
     global _plugins_loaded
     if _plugins_loaded:
         return
-    from importlib.metadata import entry_points
-
-    for ep in entry_points(group=ENTRY_POINTS):
-        try:
-            cls = ep.load()
-        except Exception as err:  # a broken plugin must surface, named
-            raise ModelFormatError(f"backbone plugin {ep.name!r} ({ep.value}) failed to import: {err}") from err
-        if type(ADAPTERS.get(ep.name)) is not cls:
-            register_backbone(ep.name)(cls)
+    for name, cls in load_entry_points(ENTRY_POINTS, "backbone", ModelFormatError):
+        if type(ADAPTERS.get(name)) is not cls:
+            register_backbone(name)(cls)
     _plugins_loaded = True
 
 
