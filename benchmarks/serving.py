@@ -2,7 +2,7 @@
 Runtime fp32 / INT8 (dynamic) and OpenVINO fp32 / bf16, batch 1 and 32, in one `benchmark` run
 (models take turns batch by batch), and OpenVINO bf16's agreement with PyTorch on the test split.
 
-    python benchmarks/openvino.py [--out runs/openvino]   # ~15 min on 2 cores
+    python benchmarks/serving.py [--out runs/openvino]   # ~15 min on 2 cores
 
 Models: a MiniLM-L6 fine-tuned here (1 epoch, bf16 where native), the packaged MPNet-12 (random
 head: speed only), and the HadSkip / PABEE exports of benchmarks/regression.py if present.
