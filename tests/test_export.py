@@ -399,3 +399,39 @@ def test_openvino_runs_every_export_on_the_same_routes(backbone, shape, precisio
     if model.is_dynamic:
         alone = agreement_one_at_a_time(model, runtime, batch, tie_tolerance=tolerance)
         assert alone.examples == 12 and alone.max_abs_diff <= tolerance and alone.mismatched == 0
+
+
+def test_a_bf16_runtime_is_held_to_its_predictions():
+    from compresskit.strategies.export import check_served
+
+    good = {"prediction_agreement": 0.996, "onnx_accuracy": 0.835, "pytorch_accuracy": 0.833}
+    check_served(good, "bf16", "export")
+    check_served({**good, "prediction_agreement": 0.5}, "fp32", "export")  # fp32 is held to atol instead
+    with pytest.raises(CompressKitError, match="agree with PyTorch on 99.00%"):
+        check_served({**good, "prediction_agreement": 0.99}, "bf16", "export")
+    with pytest.raises(CompressKitError, match="move its accuracy by 0.0040"):
+        check_served({**good, "onnx_accuracy": 0.837}, "bf16", "export")
+
+
+def test_the_export_stage_checks_its_serving_runtime(tiny_recipe, tmp_path):
+    from compresskit.pipeline import Pipeline
+    from compresskit.recipe import load_recipe
+
+    recipe = tiny_recipe([{"strategy": "finetune", "name": "teacher", "epochs": 1, "batch_size": 16},
+                          {"strategy": "export", "name": "onnx", "runtime": "openvino"}])
+    report = Pipeline(load_recipe(recipe), tmp_path / "run").run()
+    served = report["stages"][1]["info"]["validation_openvino_fp32"]
+    assert served["mismatched"] == 0 and served["max_abs_diff"] <= 1e-4 and served["examples"] == 48
+
+
+@pytest.mark.parametrize("stage, message", [
+    ({"runtime_precision": "bf16"}, "bf16 needs runtime: openvino"),
+    ({"runtime": "openvino"}, "OpenVINO cannot compile DeBERTa"),
+])
+def test_validate_refuses_a_serving_runtime_that_cannot_serve(cli, tiny_recipe, tmp_path, stage, message):
+    from tests.conftest import make_model_dir
+    from tests.test_bad_input import expect_2
+
+    model = make_model_dir(tmp_path / "deberta", backbone="deberta-v2")
+    recipe = tiny_recipe([{"strategy": "export", "name": "onnx", **stage}], model=str(model))
+    expect_2(cli("validate", recipe), message)

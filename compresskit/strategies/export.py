@@ -5,14 +5,16 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from compresskit.data.batches import loader, model_inputs
+from compresskit.errors import CompressKitError
 from compresskit.export import OnnxClassifier, export_model
 from compresskit.export.agreement import Agreement, agreement, agreement_one_at_a_time
+from compresskit.export.engines import Engine, EnginePrecision
 from compresskit.export.onnx_export import on_host
 from compresskit.registry import StageConfig, Strategy, register_strategy
-from compresskit.stage import PipelineState, StageContext
+from compresskit.stage import ModelShape, PipelineState, PlanContext, StageContext
 
 
 class ExportConfig(StageConfig):
@@ -20,6 +22,33 @@ class ExportConfig(StageConfig):
 
     quantize: Literal["int8"] | None = Field(None, description="also write INT8 graphs (ORTQuantizer)")
     atol: float = Field(1e-4, gt=0, description="largest logit difference allowed against PyTorch")
+    runtime: Engine = Field("onnxruntime", description="also check the export on this runtime: openvino "
+                            "(ONNX Runtime is always checked)")
+    runtime_precision: EnginePrecision = Field("fp32", description="precision of `runtime`: fp32 (held to "
+                                               "`atol`) or bf16 (OpenVINO on AVX512-BF16/AMX CPUs; held to "
+                                               ">= 99.5% identical predictions and accuracy within 0.3 points)")
+
+    @model_validator(mode="after")
+    def _runtime_precision(self) -> ExportConfig:
+        if self.runtime == "onnxruntime" and self.runtime_precision != "fp32":
+            raise ValueError("ONNX Runtime runs the graphs in fp32; bf16 needs runtime: openvino")
+        return self
+
+
+# a bf16 runtime is not bit-faithful: it is held to what its predictions do on the evaluation split
+BF16_MIN_AGREEMENT, BF16_MAX_ACCURACY_CHANGE = 0.995, 0.003
+
+
+def check_served(summary: dict[str, Any], precision: str, where: str) -> None:
+    """Fail the stage when a bf16 runtime changes too many predictions or the accuracy too much."""
+    if precision != "bf16":
+        return
+    change = abs(summary.get("onnx_accuracy", 0.0) - summary.get("pytorch_accuracy", 0.0))
+    if summary["prediction_agreement"] < BF16_MIN_AGREEMENT or change > BF16_MAX_ACCURACY_CHANGE:
+        raise CompressKitError(
+            f"{where}: bf16 predictions agree with PyTorch on {summary['prediction_agreement']:.2%} of the "
+            f"evaluation split (at least {BF16_MIN_AGREEMENT:.1%} needed) and move its accuracy by "
+            f"{change:.4f} (at most {BF16_MAX_ACCURACY_CHANGE} allowed); serve it in fp32 (runtime_precision: fp32)")
 
 
 @register_strategy
@@ -36,6 +65,12 @@ class ExportStrategy(Strategy[ExportConfig]):
     name = "export"
     kind = "export"
 
+    def plan(self, shape: ModelShape, ctx: PlanContext) -> ModelShape:
+        if self.config.runtime == "openvino" and shape.model_type == "deberta-v2":
+            ctx.problem("runtime", "OpenVINO cannot compile DeBERTa's relative-position graph (an If of dynamic "
+                                   "rank); serve it on ONNX Runtime (runtime: onnxruntime)")
+        return shape
+
     def apply(self, state: PipelineState, ctx: StageContext) -> PipelineState:
         cfg = self.config
         target = ctx.work_dir / "onnx"
@@ -44,6 +79,13 @@ class ExportStrategy(Strategy[ExportConfig]):
         info: dict[str, Any] = {"manifest": manifest, "directory": "onnx",
                                 split: compare(state.model, OnnxClassifier(target), state.data[split], state.tokenizer,
                                                atol=cfg.atol)}
+        if cfg.runtime != "onnxruntime":  # the same graphs on the serving runtime, held to its precision's bar
+            served = OnnxClassifier(target, runtime=cfg.runtime, precision=cfg.runtime_precision)
+            strict = cfg.runtime_precision == "fp32"
+            info[f"{split}_{cfg.runtime}_{cfg.runtime_precision}"] = summary = compare(
+                state.model, served, state.data[split], state.tokenizer, atol=cfg.atol if strict else None,
+                one_at_a_time=strict)
+            check_served(summary, cfg.runtime_precision, f"stage {ctx.name!r}, {cfg.runtime} {cfg.runtime_precision}")
         if cfg.quantize:  # INT8 changes the numbers on purpose: measured and reported, not held to atol
             info[f"{split}_int8"] = compare(state.model, OnnxClassifier(target, quantized=True), state.data[split],
                                             state.tokenizer, atol=None, one_at_a_time=False)
