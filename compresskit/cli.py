@@ -230,17 +230,21 @@ def export(model: str, output: str, quantize: str | None, atol: float, overwrite
               help="One text per line (.txt; 'a<TAB>b' for pairs), or .csv/.jsonl with --column(s).")
 @click.option("--column", "columns", multiple=True, help="Text column(s) of a csv/jsonl file (two for pairs).")
 @click.option("--int8", is_flag=True, help="Use the INT8 graphs.")
+@click.option("--runtime", type=click.Choice(["onnxruntime", "openvino"]), default="onnxruntime", show_default=True)
+@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
+              help="bf16: OpenVINO only (CPUs with AVX512-BF16/AMX).")
 @click.option("--max-length", type=LENGTH, default=128, show_default=True, help="Longer inputs are truncated.")
 @click.option("--batch-size", type=POSITIVE, default=32, show_default=True)
 @handle_errors
 def predict(export_dir: str, texts: tuple[str, ...], pairs: tuple[tuple[str, str], ...], file: str | None,
-            columns: tuple[str, ...], int8: bool, max_length: int, batch_size: int) -> None:
+            columns: tuple[str, ...], int8: bool, runtime: str, precision: str, max_length: int,
+            batch_size: int) -> None:
     """Classify texts with an exported model; prints one JSON line per input."""
     from compresskit.export import OnnxClassifier
     from compresskit.export.inputs import read_inputs
 
     inputs = read_inputs(texts, pairs, file, columns)
-    model = OnnxClassifier.from_pretrained(export_dir, quantized=int8)
+    model = OnnxClassifier.from_pretrained(export_dir, quantized=int8, runtime=runtime, precision=precision)
     for result in model.predict(inputs, batch_size=batch_size, max_length=max_length):
         click.echo(json.dumps(result))
 

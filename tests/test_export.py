@@ -342,6 +342,15 @@ def test_cli_export_then_predict_texts_files_and_bad_input(cli, tiny_model_dir, 
     result = cli("predict", str(tmp_path), "--text", "x")
     assert result.code == 2 and "not a compresskit export" in result.output
 
+    # the same export on OpenVINO: the same answers; bf16 on ONNX Runtime is refused
+    texts = ["--text", "a fine film", "--text", "dull and boring"]
+    default, served = cli("predict", str(out), *texts), cli("predict", str(out), *texts, "--runtime", "openvino")
+    assert served.code == 0, served.output
+    assert [json.loads(x)["label"] for x in served.stdout.splitlines()] == \
+        [json.loads(x)["label"] for x in default.stdout.splitlines()]
+    result = cli("predict", str(out), *texts, "--precision", "bf16")
+    assert result.code == 2 and "use --runtime openvino for bf16" in result.output, result.output
+
 
 def test_benchmark_runs_models_and_exports_side_by_side(tiny_model_dir, tiny_task, tokenizer, tmp_path):
     from compresskit.benchmark import benchmark, markdown
