@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import random
+from collections.abc import Callable
 from pathlib import Path
 
 POSITIVE = ["good", "great", "fine", "superb", "lovely"]
@@ -20,8 +21,9 @@ def sentence(rng: random.Random, label: int) -> str:
     return " ".join(words)
 
 
-def make_task_files(directory: Path, sizes: dict[str, int] | None = None, seed: int = 0) -> dict[str, str]:
-    """csv splits of a learnable sentiment task: the label is carried by one keyword."""
+def _write_splits(directory: Path, sizes: dict[str, int] | None, seed: int, header: list[str],
+                  row: Callable[[random.Random, int], list[str]]) -> dict[str, str]:
+    """csv splits (default 96/48/48 rows) of `header` and `row(rng, i)`, one generator for all splits."""
     rng = random.Random(seed)
     directory.mkdir(parents=True, exist_ok=True)
     files = {}
@@ -29,49 +31,38 @@ def make_task_files(directory: Path, sizes: dict[str, int] | None = None, seed: 
         path = directory / f"{split}.csv"
         with open(path, "w", newline="") as fh:
             writer = csv.writer(fh)
-            writer.writerow(["review", "sentiment"])
-            for i in range(n):
-                label = i % 2
-                writer.writerow([sentence(rng, label), "pos" if label else "neg"])
+            writer.writerow(header)
+            writer.writerows(row(rng, i) for i in range(n))
         files[split] = str(path)
     return files
+
+
+def make_task_files(directory: Path, sizes: dict[str, int] | None = None, seed: int = 0) -> dict[str, str]:
+    """csv splits of a learnable sentiment task: the label is carried by one keyword."""
+    return _write_splits(directory, sizes, seed, ["review", "sentiment"],
+                         lambda rng, i: [sentence(rng, i % 2), "pos" if i % 2 else "neg"])
+
+
+def _scored(rng: random.Random, i: int) -> list[str]:
+    positive = i % 3
+    words = rng.sample(FILLER, 3) + rng.sample(POSITIVE, positive) + rng.sample(NEGATIVE, 2 - positive)
+    rng.shuffle(words)
+    return [" ".join(words), f"{positive / 2 + rng.uniform(-0.05, 0.05):.4f}"]
 
 
 def make_regression_files(directory: Path, sizes: dict[str, int] | None = None, seed: int = 0) -> dict[str, str]:
     """csv splits of a learnable regression: the score is the share of positive keywords (0, 0.5, 1),
     with a little noise."""
-    rng = random.Random(seed)
-    directory.mkdir(parents=True, exist_ok=True)
-    files = {}
-    for split, n in (sizes or {"train": 96, "validation": 48, "test": 48}).items():
-        path = directory / f"{split}.csv"
-        with open(path, "w", newline="") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(["review", "score"])
-            for i in range(n):
-                positive = i % 3
-                words = rng.sample(FILLER, 3) + rng.sample(POSITIVE, positive) + rng.sample(NEGATIVE, 2 - positive)
-                rng.shuffle(words)
-                writer.writerow([" ".join(words), f"{positive / 2 + rng.uniform(-0.05, 0.05):.4f}"])
-        files[split] = str(path)
-    return files
+    return _write_splits(directory, sizes, seed, ["review", "score"], _scored)
 
 
 def make_pair_files(directory: Path, sizes: dict[str, int] | None = None, seed: int = 0) -> dict[str, str]:
     """csv splits of a learnable three-class sentence-pair task: how many of the two sentences are positive."""
-    rng = random.Random(seed)
-    directory.mkdir(parents=True, exist_ok=True)
-    files = {}
-    for split, n in (sizes or {"train": 96, "validation": 48, "test": 48}).items():
-        path = directory / f"{split}.csv"
-        with open(path, "w", newline="") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(["first", "second", "verdict"])
-            for i in range(n):
-                a, b = i % 2, (i // 2) % 2
-                writer.writerow([sentence(rng, a), sentence(rng, b), ["none", "one", "both"][a + b]])
-        files[split] = str(path)
-    return files
+    def pair(rng: random.Random, i: int) -> list[str]:
+        a, b = i % 2, (i // 2) % 2
+        return [sentence(rng, a), sentence(rng, b), ["none", "one", "both"][a + b]]
+
+    return _write_splits(directory, sizes, seed, ["first", "second", "verdict"], pair)
 
 
 def task_spec(files: dict[str, str]) -> dict:
