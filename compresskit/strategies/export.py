@@ -74,20 +74,22 @@ class ExportStrategy(Strategy[ExportConfig]):
     def apply(self, state: PipelineState, ctx: StageContext) -> PipelineState:
         cfg = self.config
         target = ctx.work_dir / "onnx"
-        manifest = export_model(state.model, state.tokenizer, target, quantize=cfg.quantize, atol=cfg.atol)
+        # one host copy (none on a CPU) for the export and every comparison: they trace and run there
+        model = on_host(state.model)
+        manifest = export_model(model, state.tokenizer, target, quantize=cfg.quantize, atol=cfg.atol)
         split = ctx.eval_split
         info: dict[str, Any] = {"manifest": manifest, "directory": "onnx",
-                                split: compare(state.model, OnnxClassifier(target), state.data[split], state.tokenizer,
+                                split: compare(model, OnnxClassifier(target), state.data[split], state.tokenizer,
                                                atol=cfg.atol)}
         if cfg.runtime != "onnxruntime":  # the same graphs on the serving runtime, held to its precision's bar
             served = OnnxClassifier(target, runtime=cfg.runtime, precision=cfg.runtime_precision)
             strict = cfg.runtime_precision == "fp32"
             info[f"{split}_{cfg.runtime}_{cfg.runtime_precision}"] = summary = compare(
-                state.model, served, state.data[split], state.tokenizer, atol=cfg.atol if strict else None,
+                model, served, state.data[split], state.tokenizer, atol=cfg.atol if strict else None,
                 one_at_a_time=strict)
             check_served(summary, cfg.runtime_precision, f"stage {ctx.name!r}, {cfg.runtime} {cfg.runtime_precision}")
         if cfg.quantize:  # INT8 changes the numbers on purpose: measured and reported, not held to atol
-            info[f"{split}_int8"] = compare(state.model, OnnxClassifier(target, quantized=True), state.data[split],
+            info[f"{split}_int8"] = compare(model, OnnxClassifier(target, quantized=True), state.data[split],
                                             state.tokenizer, atol=None, one_at_a_time=False)
         state.info = info
         return state
@@ -101,8 +103,8 @@ def compare(model: torch.nn.Module, runtime: OnnxClassifier, dataset: Any, token
     both accuracies. With `atol`, a real disagreement fails the stage.
 
     A dynamic export is also run one example at a time (its batch-1 path, the one-call graph):
-    `one_at_a_time` holds the same comparison for that path."""
-    model = on_host(model).eval()
+    `one_at_a_time` holds the same comparison for that path. `model` is on the host (`on_host`)."""
+    model.eval()
     tolerance = atol if atol is not None else 0.0
     batched, alone = Agreement(), Agreement()
     for batch in loader(dataset, tokenizer, 64):
