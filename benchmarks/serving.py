@@ -70,7 +70,7 @@ def main() -> None:
             export_model(model, tokenizer, target, quantize="int8")
         exports[name] = target
     for name in ("hadskip", "pabee"):
-        target = Path("runs/regression") / name / "stages" / "02-onnx" / "onnx"
+        target = out.parent / "regression" / name / "stages" / "02-onnx" / "onnx"  # benchmarks/regression.py's
         if (target / "compresskit_export.json").exists():
             export_model(*load_model(str(target.parent.parent / "01-skip" / "model")), out / f"{name}-onnx",
                          quantize="int8", overwrite=True)

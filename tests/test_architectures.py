@@ -71,3 +71,18 @@ def test_a_bert_student_learns_from_a_teacher_of_every_architecture(architecture
     student = tmp_path / "run" / "stages" / "01-student" / "model"
     model = CompressedModelForSequenceClassification.from_pretrained(student)
     assert model.config.backbone["model_type"] == "bert"
+
+
+@pytest.mark.parametrize("name", sorted({n for _, n in REFUSED}))
+def test_a_refused_head_pruning_still_prunes_the_ffn(name, model_dirs, tiny_recipe, tmp_path):
+    """The table's "FFN only" cells: with head_ratio 0, MPNet's FFN is pruned and the export agrees."""
+    stage = {**STAGES[name], "name": "stage", "head_ratio": 0.0}
+    recipe = load_recipe(tiny_recipe([TEACHER, stage, {"strategy": "export", "name": "onnx"}],
+                                     model=str(model_dirs["mpnet"])))
+    report = Pipeline(recipe, tmp_path / "run").run()
+    export = report["stages"][2]["info"]["validation"]
+    assert export["mismatched"] == 0 and export["max_abs_diff"] <= 1e-4
+    layers = report["stages"][1]["info"]["layers"]
+    assert all(len(layer["heads"]) == 4 if isinstance(layer["heads"], list) else layer["heads"] == 4
+               for layer in layers)
+    assert any(layer["intermediate_size"] < 64 for layer in layers)
