@@ -55,6 +55,8 @@ def apply(recipe: str | Path | Mapping[str, Any], output_dir: str | Path | None 
     `RecipeError` (every problem with its location) before anything runs."""
     from compresskit.pipeline import Pipeline
 
+    if not isinstance(recipe, Mapping | str | Path):
+        raise TypeError(f"recipe: a YAML file's path or the recipe as a mapping, not {type(recipe).__name__}")
     source = None if isinstance(recipe, Mapping) else str(recipe)
     raw = copy.deepcopy(dict(recipe)) if isinstance(recipe, Mapping) else load_yaml(recipe)
     # JSON is YAML: each value reaches the recipe exactly as `--set key=<its JSON>` would

@@ -40,6 +40,8 @@ def test_a_broken_recipe_in_code_is_rejected_before_anything_runs(tiny_recipe, t
     with pytest.raises(RecipeError, match=r"stages\[0\]\.epochs"):
         compresskit.apply(broken, output_dir=tmp_path / "run", overrides={"seed": 3})
     assert not (tmp_path / "run").exists()
+    with pytest.raises(TypeError, match="a YAML file's path or the recipe as a mapping, not list"):
+        compresskit.apply([broken], output_dir=tmp_path / "run")
 
 
 def test_each_final_artifact_carries_a_model_card_with_report_jsons_numbers(tiny_recipe, tmp_path):
