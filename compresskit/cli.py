@@ -95,13 +95,26 @@ def apply(recipe: str, output_dir: str | None, overrides: tuple[str, ...], num_p
     from compresskit.pipeline import Pipeline
 
     run_dir = Path(output_dir or Path("runs") / resolved.recipe.name)
-    report = Pipeline(resolved, run_dir).run()
+    try:
+        report = Pipeline(resolved, run_dir).run()
+    finally:
+        _end_process_group()
     if os.environ.get("RANK", "0") != "0":
         return  # one process reports
     from compresskit.report.markdown import write_report
 
     click.echo(json.dumps(report["summary"], indent=2))
     click.echo(f"report: {run_dir / 'report.json'} and {write_report(run_dir)} (tables and plots)")
+
+
+def _end_process_group() -> None:
+    """A DDP process leaves its process group before exiting: left to the interpreter's teardown,
+    gloo's threads can be destroyed while still running and abort the process (exit -6) after its
+    work is done."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _relaunch(num_processes: int) -> None:
