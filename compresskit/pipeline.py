@@ -5,6 +5,7 @@ Run directory layout:
     environment.json   package versions, seed, threads, processes
     run.log            the log of every run in this directory
     progress.json      which stage is running
+    goal.json          the baseline's numbers on the goal's held-out rows (recipes with a `goal:`)
     stages/NN-NAME/    model/ (save_pretrained + tokenizer), stage.json, extra artifacts
     report.json        per-stage results, baseline and final model profiles
 
@@ -40,7 +41,9 @@ from transformers import AutoTokenizer
 
 from compresskit import hardware
 from compresskit.data.loading import load_splits, resolve_task
+from compresskit.errors import CompressKitError
 from compresskit.files import DirectoryLock, verify_checksums, write_checksums, write_json
+from compresskit.goal import HELDOUT, GoalTarget, baseline_numbers, goal_report, ms_per_example, split_heldout
 from compresskit.modeling.loading import load_model, resolve_model_path
 from compresskit.modeling.model import CompressedModelForSequenceClassification
 from compresskit.preflight import check_inputs
@@ -71,6 +74,7 @@ class Pipeline:
         self.dist = PartialState(cpu=not torch.cuda.is_available())
         self.task = resolve_task(self.recipe.task)
         self.fingerprints: list[str] = []
+        self._goal: GoalTarget | None = None
 
     # ---- bookkeeping -----------------------------------------------------------------------
     def _fingerprints(self) -> list[str]:
@@ -80,6 +84,8 @@ class Pipeline:
         versions = {k: v for k, v in package_versions().items() if k in ("compresskit", "torch", "transformers")}
         previous = fingerprint(r.model, input_digest(r.model), task, data_digest(self.task), r.data.model_dump(),
                                r.seed, r.evaluation.model_dump(), versions)
+        if r.goal is not None:  # its held-out rows leave every stage's training data
+            previous = fingerprint(previous, r.goal.model_dump(mode="json"))
         out = []
         for i, stage in enumerate(self.resolved.stages):
             reads = [input_digest(name) for name in self.resolved.strategy(i).reads()]
@@ -192,8 +198,11 @@ class Pipeline:
     def _load_raw(self) -> datasets.DatasetDict:
         r = self.recipe
         splits = dict.fromkeys(["train", r.evaluation.split, *r.evaluation.final_splits])
-        return load_splits(self.task, list(splits), seed=r.seed, max_train_samples=r.data.max_train_samples,
-                           max_eval_samples=r.data.max_eval_samples)
+        raw = load_splits(self.task, list(splits), seed=r.seed, max_train_samples=r.data.max_train_samples,
+                          max_eval_samples=r.data.max_eval_samples)
+        if r.goal is not None:
+            raw["train"], raw[HELDOUT] = split_heldout(raw["train"], r.goal, r.seed)
+        return raw
 
     def _initial_state(self, done: int) -> PipelineState:
         r = self.recipe
@@ -221,7 +230,8 @@ class Pipeline:
         log.info("stage %d/%d %r (%s) started", index + 1, len(self.resolved.stages), stage.name, stage.strategy)
         ctx = StageContext(index=index, name=stage.name, seed=self.recipe.seed + index, run_dir=self.run_dir,
                            work_dir=work_dir, checkpoint_dir=self.checkpoint_dir(index),
-                           stage_dirs=self._stage_dirs(index), eval_split=self.recipe.evaluation.split)
+                           stage_dirs=self._stage_dirs(index), eval_split=self.recipe.evaluation.split,
+                           goal=self._goal_target(state.raw) if strategy.goal_knob else None)
         state.info = {}
         # fresh modules (gates, exit heads, policies) draw from the global RNG: seed it here, or a
         # resumed run (earlier stages loaded, not trained) would initialise them differently
@@ -233,6 +243,11 @@ class Pipeline:
         if strategy.kind != "export":
             log.info("stage %r trains in %s (precision: %s)", stage.name, trains_in,
                      stage.precision or self.recipe.precision)
+            if trains_in == "bf16" and not precision.native_bf16(self.dist.device):
+                # measured on an AVX2-only CPU: torch's fallback bf16 GEMM made an MPNet step >20x slower
+                log.warning("stage %r: this device has no native bf16 (%s): bf16 is emulated and far slower "
+                            "than fp32; use precision: auto (or fp32) on this machine", stage.name,
+                            "/".join(precision.NATIVE_BF16_FLAGS) + " on CPU")
         with precision.training_precision(trains_in):
             state = strategy.apply(self._train_subset(state, stage.max_train_samples), ctx)
         state.model.to(self.dist.device)  # a model a stage built anew starts on the host
@@ -255,6 +270,32 @@ class Pipeline:
         self.dist.wait_for_everyone()
         log.info("stage %r finished in %.1fs: %s", stage.name, seconds, evaluation[self.recipe.evaluation.split])
         return state
+
+    def _goal_target(self, raw: datasets.DatasetDict) -> GoalTarget | None:
+        """The goal with the baseline's held-out numbers: measured once, kept in goal.json for resumed runs."""
+        goal = self.recipe.goal
+        if goal is None or self._goal is not None:
+            return self._goal
+        if goal.wants_speed and self.dist.num_processes > 1:
+            raise CompressKitError("a speed goal is timed in one process: run it without --num-processes, or keep "
+                                   "only the goal's accuracy bound")
+        names = self.resolved.stage_names()
+        baseline = self.recipe.baseline or names[0]
+        made_by = (fingerprint(input_digest(self.recipe.model), self.recipe.seed) if baseline == "input"
+                   else self.fingerprints[names.index(baseline)])
+        key = fingerprint(baseline, made_by, goal.model_dump(mode="json"))
+        path = self.run_dir / "goal.json"
+        saved = json.loads(path.read_text()) if path.exists() else {}
+        if saved.get("key") != key:
+            state = self._model_state(baseline, raw)
+            saved = {"key": key, "baseline": baseline,
+                     **baseline_numbers(goal, state.model, state.data[HELDOUT], state.tokenizer, self.task)}
+            if self.dist.is_main_process:
+                write_json(path, saved)
+        self._goal = GoalTarget(goal, self.task, saved["score"], saved.get("ms_per_example"))
+        log.info("goal: %s; the baseline %r scores %.4f on %d held-out rows", goal.describe(), baseline,
+                 saved["score"], len(raw[HELDOUT]))
+        return self._goal
 
     def _train_subset(self, state: PipelineState, rows: int | None) -> PipelineState:
         """The state with its train split cut to `rows` (a stage's `max_train_samples`)."""
@@ -284,17 +325,10 @@ class Pipeline:
         raw = self._load_raw()
         splits = list(dict.fromkeys([r.evaluation.split, *r.evaluation.final_splits]))
 
-        def model_profile(name: str, known: dict[str, Any] | None) -> dict[str, Any]:
-            if name == "input":
-                model, tokenizer = load_model(r.model, self.task, seed=r.seed)
-                state = PipelineState(model=model.to(self.dist.device), tokenizer=tokenizer, task=self.task, raw=raw,
-                                      max_length=r.data.max_length)
-            else:
-                index = [s["name"] for s in stages].index(name)
-                state = self._state_from(self.stage_dir(index) / "model", raw)
-            return self.profile(state, splits, known)
-
-        report = build_report(r, self.task, stages, splits, model_profile)
+        report = build_report(r, self.task, stages, splits,
+                              lambda name, known: self.profile(self._model_state(name, raw), splits, known))
+        if r.goal is not None:
+            report["goal"] = goal_report(self._goal_target(raw), report, splits, self._goal_speed(report, raw))
         if self.dist.is_main_process:
             artifacts = self._final_artifacts(stages)
             if r.evaluation.latency_examples:
@@ -302,6 +336,27 @@ class Pipeline:
             write_json(self.run_dir / "report.json", report)
             write_model_cards(self.run_dir, report, artifacts)
         return report
+
+    def _model_state(self, name: str, raw: datasets.DatasetDict) -> PipelineState:
+        """The model of a finished stage (or the recipe's input model, 'input') with the run's data."""
+        if name != "input":
+            return self._state_from(self.stage_dir(self.resolved.stage_names().index(name)) / "model", raw)
+        model, tokenizer = load_model(self.recipe.model, self.task, seed=self.recipe.seed)
+        return PipelineState(model=model.to(self.dist.device), tokenizer=tokenizer, task=self.task, raw=raw,
+                             max_length=self.recipe.data.max_length)
+
+    def _goal_speed(self, report: dict[str, Any], raw: datasets.DatasetDict) -> dict[str, Any] | None:
+        """A speed goal re-measured on the evaluation split: baseline and final model, as the goal times them."""
+        goal = self.recipe.goal
+        if not goal.wants_speed:
+            return None
+        split, out = self.recipe.evaluation.split, {}
+        for key, name in (("baseline_ms_per_example", report["baseline"]["stage"]),
+                          ("ms_per_example", report["final"]["stage"])):
+            state = self._model_state(name, raw)
+            out[key] = ms_per_example(state.model, state.data[split], state.tokenizer, goal.batch_size,
+                                      goal.timing_examples, goal.timing_rounds)
+        return {"split": split, "runtime": goal.runtime, "batch_size": goal.batch_size, **out}
 
     def _final_artifacts(self, stages: list[dict[str, Any]]) -> dict[str, Path]:
         """The final model's directory and, if the recipe exports, the last export's."""

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from compresskit.data.tasks import KNOWN_TASKS, TaskSpec
 from compresskit.errors import RecipeError
+from compresskit.goal import GoalConfig
 from compresskit.registry import StageConfig, Strategy, strategies, unknown_strategy_message
 from compresskit.training.precision import Precision
 from compresskit.yamlfile import load_yaml, parse_yaml
@@ -68,6 +69,8 @@ class Recipe(BaseModel):
         None, description="stage whose model is the reference in the report ('input' = the recipe's "
         "model); default: the first stage"
     )
+    goal: GoalConfig | None = Field(None, description="what the result must reach (accuracy kept, speed "
+                                    "gained), met on held-out training rows by every stage with a trade-off knob")
     stages: list[dict[str, Any]] = Field(min_length=1)
 
 
@@ -181,9 +184,35 @@ def validate_recipe(raw: Any, source: str | None = None) -> ResolvedRecipe:
                          for f, m in strategies()[stage.strategy](stage).check(names, i)]
         if recipe.baseline not in (None, "input", *names):
             problems.append(("baseline", f"no stage named {recipe.baseline!r}; stages: {names}"))
+        elif recipe.goal is not None:
+            problems += _goal_problems(recipe, stages)
     if problems:
         raise RecipeError(problems, source)
     return ResolvedRecipe(recipe=recipe, stages=stages)
+
+
+def _goal_problems(recipe: Recipe, stages: list[StageConfig]) -> list[tuple[str, str]]:
+    """A goal needs a stage whose knob it can set, after the baseline it is judged against."""
+    known = strategies()
+    knobs = [i for i, s in enumerate(stages) if known[s.strategy].goal_knob]
+    if not knobs:
+        with_knob = sorted(name for name, cls in known.items() if cls.goal_knob)
+        return [("goal", f"no stage of this recipe has a knob the goal can set; add a stage of "
+                         f"{', '.join(with_knob)}, or remove the goal")]
+    names = [s.name for s in stages]
+    baseline = recipe.baseline or names[0]
+    first = -1 if baseline == "input" else names.index(baseline)
+    problems = []
+    for i in knobs:
+        if i <= first:
+            problems.append((f"stages[{i}]", f"the goal is judged against the baseline ({baseline!r}), which must "
+                                             "finish before this stage: set `baseline:` to an earlier stage or "
+                                             "'input'"))
+        calibration = getattr(stages[i], "calibration", None)
+        if calibration is not None and calibration.target_layers is not None:
+            problems.append((f"stages[{i}].calibration.target_layers", "the recipe's goal chooses this stage's "
+                                                                       "setting: remove target_layers or the goal"))
+    return problems
 
 
 MAX_MAGNITUDE = 1e9  # no count, rate or size of a recipe comes near it; larger is a typo or an attack

@@ -55,6 +55,8 @@ class Strategy(Generic[C]):
 
     name: ClassVar[str]
     kind: ClassVar[Kind]
+    # what a recipe's `goal:` sets in this stage (None: the stage has no trade-off knob)
+    goal_knob: ClassVar[str | None] = None
     Config: ClassVar[type[StageConfig]] = StageConfig
 
     def __init_subclass__(cls, **kwargs: Any) -> None:

@@ -19,6 +19,7 @@ from transformers import PreTrainedTokenizerBase
 from compresskit.data.loading import tokenize
 from compresskit.data.tasks import TaskSpec
 from compresskit.errors import CompressKitError
+from compresskit.goal import GoalTarget
 from compresskit.modeling.model import CompressedModelForSequenceClassification
 
 
@@ -54,6 +55,7 @@ class StageContext:
     checkpoint_dir: Path  # a long stage's own progress; survives a kill, removed when the stage finishes
     stage_dirs: dict[str, Path]  # finished earlier stages by name, plus "input"
     eval_split: str  # the split every stage is evaluated on (a stage may select its best epoch on it)
+    goal: GoalTarget | None = None  # the recipe's goal with the baseline's held-out numbers (compresskit.goal)
 
     def model_path(self, stage: str) -> Path:
         if stage not in self.stage_dirs:

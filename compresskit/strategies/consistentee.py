@@ -189,7 +189,14 @@ def _calibrate_alpha(model, states: LayerStates, heldout: datasets.Dataset, toke
             model.exit_rule.threshold = threshold
             table.append({"alpha": alpha, "threshold": threshold,
                           **replayed_metrics(model, logits, summaries, labels, task)})
-    chosen = choose_setting(table, full, cfg.calibration, "alpha and threshold", task.main_metric)
+    if ctx.goal is not None:
+        def timed(row: dict[str, Any]) -> dict[str, float]:
+            model.exit_rule.load_state_dict(weights[row["alpha"]])
+            model.exit_rule.threshold = row["threshold"]
+            return ctx.goal.timing(model, heldout, tokenizer)
+        chosen = ctx.goal.choose(table, "alpha and threshold", timed)
+    else:
+        chosen = choose_setting(table, full, cfg.calibration, "alpha and threshold", task.main_metric)
     model.exit_rule.load_state_dict(weights[chosen["alpha"]])
     model.exit_rule.threshold = chosen["threshold"]
     model.config.exit_rule = {**model.config.exit_rule, "threshold": chosen["threshold"]}

@@ -27,6 +27,7 @@ from pydantic import Field, model_validator
 from compresskit.data.batches import model_inputs
 from compresskit.errors import CompressKitError
 from compresskit.evaluation.usage import layer_usage, plot_layer_usage
+from compresskit.goal import HELDOUT, GoalTarget
 from compresskit.modeling.config import GateSpec
 from compresskit.modeling.model import CompressedModelForSequenceClassification
 from compresskit.modeling.surgery import with_gates
@@ -89,6 +90,7 @@ class HadSkipStrategy(Strategy[HadSkipConfig]):
 
     name = "hadskip"
     kind = "dynamic"
+    goal_knob = "the budget: the homotopy descends while the goal holds and keeps the budget it asks for"
 
     def plan(self, shape: ModelShape, ctx: PlanContext) -> ModelShape:
         if self.config.budget is not None and self.config.budget > shape.num_layers:
@@ -128,6 +130,7 @@ class HadSkipStrategy(Strategy[HadSkipConfig]):
         schedule = budget_schedule(layers, budget, cfg.homotopic)
         groups = [{"params": [p for n, p in model.named_parameters() if not n.startswith("gates.")]},
                   {"params": list(model.gates.parameters()), "lr": cfg.gate_learning_rate}]
+        search = _BudgetSearch(ctx.goal, state) if ctx.goal is not None else None
         for k in schedule:  # stage III
             loss = functools.partial(stage3_loss, teacher=teacher if cfg.distill else None, target=k / layers,
                                      cfg=cfg)
@@ -137,6 +140,11 @@ class HadSkipStrategy(Strategy[HadSkipConfig]):
             if cfg.save_budgets and k != schedule[-1] and PartialState().is_main_process:
                 model.save_pretrained(ctx.work_dir / "budgets" / f"s{k:g}")
                 state.tokenizer.save_pretrained(ctx.work_dir / "budgets" / f"s{k:g}")
+            if search is not None and not search.keep_going(model, k):
+                break
+        if search is not None:
+            budget = search.settle(model)
+            info["goal"] = {"candidates": search.points, "chosen": search.chosen}
 
         usage = layer_usage(model, state.data[eval_split], state.tokenizer)
         plot_layer_usage(usage, ctx.work_dir / "layer_usage.png", f"HadSkip, budget {budget:g} of {layers}")
@@ -213,3 +221,36 @@ def stage3_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], teacher:
         loss = loss + cfg.alpha_attention * sum(attention_mse(s, t, mask) for s, t in
                                                 zip(out.attentions, ref.attentions, strict=True)) / len(layers)
     return loss
+
+
+class _BudgetSearch:
+    """The recipe's goal over the homotopy: each budget's model is scored (and timed) on the held-out
+    rows as it finishes; the descent stops once a budget falls below the accuracy bound (lower ones
+    would too) or, for a speed-only goal, once one is fast enough (the most accurate that is)."""
+
+    def __init__(self, goal: GoalTarget, state: PipelineState):
+        self.goal, self.state = goal, state
+        self.points: list[dict[str, Any]] = []
+        self.kept: dict[float, dict[str, torch.Tensor]] = {}
+        self.chosen: dict[str, Any] | None = None
+
+    def keep_going(self, model: torch.nn.Module, budget: float) -> bool:
+        point = {"budget": budget, **self.goal.measure(model, self.state.data[HELDOUT], self.state.tokenizer)}
+        self.points.append(point)
+        log.info("goal: budget %g scores %s", budget, point)
+        floor = self.goal.floor
+        if floor is not None and point[self.goal.metric] < floor:
+            return False
+        if self.goal.meets(point):
+            self.kept[budget] = {n: t.detach().clone() for n, t in model.state_dict().items()}
+            return floor is not None  # within the accuracy bound a lower budget may be faster still
+        return True
+
+    def settle(self, model: torch.nn.Module) -> float:
+        """Load the chosen budget's weights (raises, naming the best point, when none meets the goal)."""
+        self.chosen = self.goal.choose(self.points, "budget of the homotopy")
+        budget = self.chosen["budget"]
+        if budget != self.points[-1]["budget"]:
+            model.load_state_dict(self.kept[budget])
+        log.info("goal: keeping budget %g (%s)", budget, self.goal.config.describe())
+        return budget

@@ -20,6 +20,7 @@ from compresskit.data.batches import loader, model_inputs
 from compresskit.data.tasks import TaskSpec
 from compresskit.errors import CompressKitError
 from compresskit.evaluation.metrics import compute_metrics
+from compresskit.goal import GoalTarget
 from compresskit.modeling.model import CompressedModelForSequenceClassification
 from compresskit.modeling.routed import TorchOps
 from compresskit.modeling.routing import plan, route
@@ -125,15 +126,23 @@ def full_score(logits: torch.Tensor, labels: torch.Tensor, task: TaskSpec) -> fl
 
 
 def calibrate(model: CompressedModelForSequenceClassification, heldout: datasets.Dataset, tokenizer,
-              task: TaskSpec, parameter: str, candidates: Sequence[float], cfg: CalibrationConfig) -> dict[str, Any]:
-    """Set `model.exit_rule.<parameter>` (and its saved config) to the candidate `cfg` asks for."""
+              task: TaskSpec, parameter: str, candidates: Sequence[float], cfg: CalibrationConfig,
+              goal: GoalTarget | None = None) -> dict[str, Any]:
+    """Set `model.exit_rule.<parameter>` (and its saved config) to the candidate `cfg` asks for, or
+    the recipe's `goal` when it has one."""
     logits, states, labels = all_exit_logits(model, heldout, tokenizer)
     full = full_score(logits, labels, task)
     table = []
     for value in candidates:
         setattr(model.exit_rule, parameter, value)
         table.append({parameter: value, **replayed_metrics(model, logits, states, labels, task)})
-    chosen = choose_setting(table, full, cfg, parameter, task.main_metric)
+    if goal is not None:
+        def timed(row: dict[str, Any]) -> dict[str, float]:
+            setattr(model.exit_rule, parameter, row[parameter])
+            return goal.timing(model, heldout, tokenizer)
+        chosen = goal.choose(table, parameter, timed)
+    else:
+        chosen = choose_setting(table, full, cfg, parameter, task.main_metric)
     setattr(model.exit_rule, parameter, chosen[parameter])
     model.config.exit_rule = {**model.config.exit_rule, parameter: chosen[parameter]}
     return {"parameter": parameter, "chosen": chosen, "metric": task.main_metric, "full_score": full,

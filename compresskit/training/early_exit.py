@@ -15,6 +15,7 @@ import torch
 from pydantic import Field
 
 from compresskit.data.batches import model_inputs
+from compresskit.goal import HELDOUT
 from compresskit.modeling.model import CompressedModelForSequenceClassification, task_loss
 from compresskit.modeling.surgery import with_exit_heads
 from compresskit.registry import StageConfig, Strategy
@@ -124,6 +125,7 @@ class EarlyExitStrategy(Strategy[E]):
 
     kind = "dynamic"
     knob: ClassVar[str] = "threshold"
+    goal_knob = "the exit rule's setting, calibrated on the goal's held-out rows"
     # why the method has no regression form, as validation says it (None: it has one)
     regression_refusal: ClassVar[str | None] = ("decides exits from the class distribution of each exit (entropy "
                                                 "or confidence), which a single regression output does not have")
@@ -143,7 +145,7 @@ class EarlyExitStrategy(Strategy[E]):
     def calibrate(self, model: CompressedModelForSequenceClassification, heldout: datasets.Dataset,
                   state: PipelineState, ctx: StageContext) -> dict[str, Any]:
         return calibrate(model, heldout, state.tokenizer, state.task, self.knob, self.candidates(model, state),
-                         self.config.calibration)
+                         self.config.calibration, ctx.goal)
 
     def describe(self, model: CompressedModelForSequenceClassification, state: PipelineState,
                  ctx: StageContext) -> dict[str, Any]:
@@ -154,7 +156,10 @@ class EarlyExitStrategy(Strategy[E]):
 
     def apply(self, state: PipelineState, ctx: StageContext) -> PipelineState:
         model = with_exit_heads(state.model, self.rule(), self.config.exit_pooling)
-        rows, heldout = split_for_calibration(state.data["train"], self.config.calibration.fraction, ctx.seed)
+        if ctx.goal is not None:  # the recipe's held-out rows: no stage trained on them
+            rows, heldout = state.data["train"], state.data[HELDOUT]
+        else:
+            rows, heldout = split_for_calibration(state.data["train"], self.config.calibration.fraction, ctx.seed)
         model, info = self.fit(model, rows, state, ctx)
         info["calibration"] = self.calibrate(model, heldout, state, ctx)
         info.update(self.describe(model, state, ctx))

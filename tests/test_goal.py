@@ -1,0 +1,139 @@
+"""The recipe's `goal:`: validated before anything runs, met on held-out training rows, reported."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from compresskit.data.tasks import KNOWN_TASKS
+from compresskit.errors import CompressKitError, RecipeError
+from compresskit.goal import GoalConfig, GoalTarget
+from compresskit.pipeline import Pipeline
+from compresskit.recipe import load_recipe
+
+TEACHER = {"strategy": "finetune", "name": "teacher", "epochs": 6, "learning_rate": 2e-3, "batch_size": 8}
+EXITS = {"strategy": "pabee", "name": "exits", "epochs": 3, "learning_rate": 1e-3, "exit_learning_rate": 5e-3,
+         "batch_size": 8}
+SKIP = {"strategy": "hadskip", "name": "skip", "budget": 1, "beta": 50.0, "gate_epochs": 0.5, "epochs_per_budget": 1,
+        "homotopic": True, "batch_size": 8, "learning_rate": 1e-3}
+TASK = KNOWN_TASKS["rotten_tomatoes"]
+
+
+def target(baseline: float = 0.9, ms: float | None = None, **goal) -> GoalTarget:
+    return GoalTarget(GoalConfig(**goal), TASK, baseline, ms)
+
+
+# ---- choosing -------------------------------------------------------------------------------
+
+POINTS = [{"budget": 4, "accuracy": 0.90, "avg_layers": 4.0}, {"budget": 3, "accuracy": 0.89, "avg_layers": 3.1},
+          {"budget": 2, "accuracy": 0.86, "avg_layers": 2.0}, {"budget": 1, "accuracy": 0.70, "avg_layers": 1.0}]
+
+
+def test_an_accuracy_goal_keeps_the_fastest_point_within_the_bound():
+    assert target(max_accuracy_drop=0.02).choose([dict(p) for p in POINTS], "budget")["budget"] == 3
+    assert target(max_accuracy_drop=0.05).choose([dict(p) for p in POINTS], "budget")["budget"] == 2
+    # relative: 95% of 0.9 is 0.855
+    assert target(max_relative_drop=0.05).choose([dict(p) for p in POINTS], "budget")["budget"] == 2
+
+
+def test_a_speed_goal_keeps_the_most_accurate_point_fast_enough_and_times_only_what_it_needs():
+    timed = []
+
+    def timing(point):
+        timed.append(point["budget"])
+        return {"ms_per_example": point["avg_layers"], "speedup": 8.0 / point["avg_layers"]}
+
+    goal = target(ms=8.0, min_speedup=2.5)
+    assert goal.choose([dict(p) for p in POINTS], "budget", timing)["budget"] == 3  # 8 / 3.1 = 2.6x
+    assert sorted(timed) == [1, 2, 3, 4]
+    timed.clear()  # with an accuracy bound, points below it are never timed
+    both = target(ms=8.0, min_speedup=2.5, max_accuracy_drop=0.05)
+    assert both.choose([dict(p) for p in POINTS], "budget", timing)["budget"] == 2
+    assert sorted(timed) == [2, 3, 4]
+
+
+def test_a_goal_no_point_meets_fails_naming_the_best_point_reached():
+    with pytest.raises(CompressKitError, match=r"no budget meets the goal.*Best reached: accuracy 0.9000 at 4.00"):
+        target(max_accuracy_drop=0.0, baseline=0.95).choose([dict(p) for p in POINTS], "budget")
+
+
+@pytest.mark.parametrize("goal, message", [
+    ({}, "at least one of"),
+    ({"max_accuracy_drop": 0.01, "max_relative_drop": 0.05}, "only one of"),
+    ({"min_speedup": 0.5}, "greater than or equal to 1"),
+    ({"max_accuracy_drop": 2}, "less than 1"),
+    ({"max_latency_ms": 0}, "greater than 0"),
+    ({"max_accuracy_drop": 0.01, "runtime": "tensorrt"}, "pytorch"),
+    ({"max_accuracy_drop": 0.01, "speed": 3}, "unknown key"),
+], ids=["empty", "two-drops", "speedup-below-1", "drop-above-1", "zero-latency", "unknown-runtime", "typo"])
+def test_a_meaningless_goal_is_rejected_at_validate(tiny_recipe, goal, message):
+    with pytest.raises(RecipeError, match=message) as err:
+        load_recipe(tiny_recipe([TEACHER, EXITS], goal=goal))
+    assert "goal" in str(err.value)
+
+
+def test_a_goal_without_a_stage_it_can_steer_or_before_its_baseline_is_rejected(tiny_recipe):
+    with pytest.raises(RecipeError, match="goal: no stage of this recipe has a knob"):
+        load_recipe(tiny_recipe(goal={"max_accuracy_drop": 0.01}))
+    with pytest.raises(RecipeError, match=r"stages\[0\]: the goal is judged against the baseline \('exits'\)"):
+        load_recipe(tiny_recipe([EXITS], goal={"max_accuracy_drop": 0.01}))
+    with pytest.raises(RecipeError, match=r"stages\[1\].calibration.target_layers: the recipe's goal chooses"):
+        load_recipe(tiny_recipe([TEACHER, {**EXITS, "calibration": {"target_layers": 2}}],
+                                goal={"max_accuracy_drop": 0.01}))
+    assert load_recipe(tiny_recipe([EXITS], goal={"max_accuracy_drop": 0.01}, baseline="input"))
+
+
+# ---- on tiny models ---------------------------------------------------------------------------
+
+def test_hadskip_descends_while_the_goal_holds_and_keeps_the_budget_it_asks_for(tiny_recipe, tmp_path):
+    run = tmp_path / "run"
+    report = Pipeline(load_recipe(tiny_recipe([TEACHER, SKIP], goal={"max_accuracy_drop": 0.1})), run).run()
+    goal, info = report["goal"], report["stages"][1]["info"]
+    floor = goal["heldout"]["floor"]
+    points = info["goal"]["candidates"]
+    chosen = info["goal"]["chosen"]
+    assert chosen["accuracy"] >= floor and info["budget"] == chosen["budget"]
+    # the descent stopped at the first budget below the bound, or at the lowest budget
+    assert all(p["accuracy"] >= floor for p in points[:-1])
+    assert points[-1]["accuracy"] < floor or points[-1]["budget"] == 1
+    # no budget the goal accepts is faster than the chosen one
+    assert chosen["avg_layers"] == min(p["avg_layers"] for p in points if p["accuracy"] >= floor)
+    # the final model is the chosen budget's: its held-out depth is the chosen point's
+    assert report["final"]["validation"]["avg_layers"] == pytest.approx(chosen["avg_layers"], abs=1.0)
+    saved = json.loads((run / "goal.json").read_text())
+    assert saved["score"] == goal["heldout"]["baseline_score"] and saved["baseline"] == "teacher"
+    assert set(goal["splits"]) == {"validation", "test"} and isinstance(goal["met"], bool)
+
+
+def test_an_unmeetable_goal_stops_the_run_naming_the_best_point_and_leaves_no_model(tiny_recipe, tmp_path):
+    run = tmp_path / "run"
+    recipe = load_recipe(tiny_recipe([TEACHER, {**SKIP, "homotopic": False, "budget": 1}],
+                                     goal={"max_accuracy_drop": 0.0, "min_speedup": 50}))
+    with pytest.raises(CompressKitError, match=r"no budget of the homotopy meets the goal.*Best reached"):
+        Pipeline(recipe, run).run()
+    assert not list(run.glob("stages/01-skip*/model")) and not (run / "report.json").exists()
+
+
+def test_early_exits_calibrate_on_the_goals_heldout_rows(tiny_recipe, tmp_path):
+    report = Pipeline(load_recipe(tiny_recipe([TEACHER, EXITS], goal={"max_accuracy_drop": 0.2})),
+                      tmp_path / "run").run()
+    calibration = report["stages"][1]["info"]["calibration"]
+    assert calibration["examples"] == 10  # the goal's held-out rows (10% of 96), not the stage's own split
+    chosen, floor = calibration["chosen"], report["goal"]["heldout"]["floor"]
+    assert chosen["accuracy"] >= floor
+    assert chosen["avg_layers"] == min(r["avg_layers"] for r in calibration["table"] if r["accuracy"] >= floor)
+    assert report["goal"]["chosen"]["exits"] == chosen
+
+
+def test_a_speed_goal_is_timed_and_rechecked_on_the_evaluation_split(tiny_recipe, tmp_path):
+    # tiny models are all overhead (exits at batch 1 are slower than no exits): a bound every point meets
+    goal = {"max_latency_ms": 1e4, "timing_examples": 8, "timing_rounds": 1}
+    report = Pipeline(load_recipe(tiny_recipe([TEACHER, EXITS], goal=goal)), tmp_path / "run").run()
+    table = report["stages"][1]["info"]["calibration"]["table"]
+    assert all(row["speedup"] > 0 and row["ms_per_example"] > 0 for row in table)
+    chosen = report["stages"][1]["info"]["calibration"]["chosen"]
+    assert chosen["accuracy"] == max(row["accuracy"] for row in table)  # speed only: the most accurate
+    speed = report["goal"]["speed"]
+    assert speed["split"] == "validation" and speed["batch_size"] == 1 and speed["runtime"] == "pytorch"
+    assert speed["speedup"] == pytest.approx(speed["baseline_ms_per_example"] / speed["ms_per_example"])
