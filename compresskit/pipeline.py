@@ -85,13 +85,16 @@ class Pipeline:
         previous = fingerprint(r.model, input_digest(r.model), task, data_digest(self.task), r.data.model_dump(),
                                r.seed, r.evaluation.model_dump(), versions)
         if r.goal is not None:  # its held-out rows leave every stage's training data
-            previous = fingerprint(previous, r.goal.model_dump(mode="json"))
+            previous = fingerprint(previous, r.goal.heldout_fraction)
         out = []
         for i, stage in enumerate(self.resolved.stages):
             reads = [input_digest(name) for name in self.resolved.strategy(i).reads()]
             # the precision it trains in, as resolved on this machine (`auto` differs between machines)
             trains_in = precision.resolve(stage.precision or r.precision, self.dist.device)
+            # the goal steers the stages with a knob (and, through them, every later one)
             previous = fingerprint(previous, stage.model_dump(mode="json"), reads, trains_in)
+            if r.goal is not None and self.resolved.strategy(i).goal_knob:
+                previous = fingerprint(previous, r.goal.model_dump(mode="json"))
             out.append(previous)
         return out
 

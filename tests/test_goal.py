@@ -137,3 +137,15 @@ def test_a_speed_goal_is_timed_and_rechecked_on_the_evaluation_split(tiny_recipe
     speed = report["goal"]["speed"]
     assert speed["split"] == "validation" and speed["batch_size"] == 1 and speed["runtime"] == "pytorch"
     assert speed["speedup"] == pytest.approx(speed["baseline_ms_per_example"] / speed["ms_per_example"])
+
+
+def test_changing_the_goal_reruns_only_the_stages_it_steers(tiny_recipe, tmp_path):
+    first = Pipeline(load_recipe(tiny_recipe([TEACHER, EXITS], goal={"max_accuracy_drop": 0.2})), tmp_path / "run")
+    first.run()
+    second = Pipeline(load_recipe(tiny_recipe([TEACHER, EXITS], goal={"max_accuracy_drop": 0.05})), tmp_path / "run")
+    second.fingerprints = second._fingerprints()
+    assert second.fingerprints[0] == first.fingerprints[0] and second.fingerprints[1] != first.fingerprints[1]
+    assert second.finished_stages() == 1
+    other_rows = Pipeline(load_recipe(tiny_recipe([TEACHER, EXITS], goal={"max_accuracy_drop": 0.2,
+                                                                          "heldout_fraction": 0.2})), tmp_path / "x")
+    assert other_rows._fingerprints()[0] != first.fingerprints[0]  # other held-out rows: other training rows
