@@ -149,3 +149,16 @@ def test_changing_the_goal_reruns_only_the_stages_it_steers(tiny_recipe, tmp_pat
     other_rows = Pipeline(load_recipe(tiny_recipe([TEACHER, EXITS], goal={"max_accuracy_drop": 0.2,
                                                                           "heldout_fraction": 0.2})), tmp_path / "x")
     assert other_rows._fingerprints()[0] != first.fingerprints[0]  # other held-out rows: other training rows
+
+
+def test_the_report_and_the_model_card_state_the_goal_and_whether_it_holds(tiny_recipe, tmp_path):
+    from compresskit.report.markdown import write_report
+
+    run = tmp_path / "run"
+    report = Pipeline(load_recipe(tiny_recipe([TEACHER, EXITS], goal={"max_accuracy_drop": 0.2})), run).run()
+    card = (run / "stages" / "01-exits" / "model" / "README.md").read_text()
+    goal = report["goal"]
+    assert "## Goal" in card and goal["description"] in card
+    assert f"{goal['splits']['test']['final']:.4f}" in card and ("NOT met" in card) != goal["met"]
+    markdown = write_report(run).read_text()
+    assert "## Goal" in markdown and (run / "report" / "goal_exits.png").stat().st_size > 0

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from compresskit.errors import CompressKitError
+from compresskit.report.model_card import goal_lines
 
 
 def load_run(run_dir: Path) -> dict[str, Any]:
@@ -78,6 +79,14 @@ def write_report(run_dir: str | Path, measure: bool = False, batch_size: int = 3
                   f"{final[other]['avg_layers']:.2f} layers per example (baseline "
                   f"{base.get(other, {}).get(metric, float('nan')):.4f})."]
     lines += ["", "![accuracy vs speed-up](pareto.png)"]
+    if report.get("goal"):
+        lines += ["", *goal_lines(report["goal"])]
+        for stage in report["stages"]:
+            points = _goal_points(stage)
+            if points:
+                name = f"goal_{stage['name']}.png"
+                _plot_goal(points, report["goal"], stage["name"], out / name)
+                lines += [f"![goal candidates of {stage['name']}]({name})", ""]
     for stage in report["stages"]:
         usage = stage.get("info", {}).get("layer_usage")
         if usage:
@@ -123,15 +132,67 @@ def _plot_pareto(rows: list[dict[str, Any]], base_metric: float, metric: str, pa
 
     fig, ax = plt.subplots(figsize=(6, 4))
     key = "measured_speedup" if measured else "flops_speedup"
-    for r in rows:
-        x = r.get(key) or r["flops_speedup"]
-        ax.scatter(x, r["metric"])
-        ax.annotate(r["stage"], (x, r["metric"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    points = [(r.get(key) or r["flops_speedup"], r["metric"], r["stage"]) for r in rows]
+    for (x, y, label), offset in zip(points, _label_offsets([(x, y) for x, y, _ in points], ax), strict=True):
+        ax.scatter(x, y)
+        ax.annotate(label, (x, y), textcoords="offset points", xytext=offset, fontsize=8)
     ax.axhline(base_metric, color="grey", lw=0.8, ls="--", label="baseline")
     ax.set_xlabel("measured speed-up" if measured else "speed-up from counted FLOPs")
     ax.set_ylabel(metric)
     ax.grid(alpha=0.3)
     ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _label_offsets(points: list[tuple[float, float]], ax: Any) -> list[tuple[int, int]]:
+    """Label offsets (points) that keep neighbours' labels apart: a label whose point sits close to an
+    earlier one's (in axis fractions) moves to the next free slot around its point."""
+    xs, ys = [p[0] for p in points] or [0.0], [p[1] for p in points] or [0.0]
+    span_x, span_y = (max(xs) - min(xs)) or 1.0, (max(ys) - min(ys)) or 1.0
+    slots = [(4, 4), (4, -12), (-40, 4), (-40, -12), (4, 16), (4, -24)]
+    taken: list[tuple[float, float, int]] = []
+    out = []
+    for x, y in points:
+        fx, fy = (x - min(xs)) / span_x, (y - min(ys)) / span_y
+        near = {slot for tx, ty, slot in taken if abs(tx - fx) < 0.15 and abs(ty - fy) < 0.08}
+        slot = next((i for i in range(len(slots)) if i not in near), 0)
+        taken.append((fx, fy, slot))
+        out.append(slots[slot])
+    return out
+
+
+def _goal_points(stage: dict[str, Any]) -> list[dict[str, Any]]:
+    """A stage's candidate operating points under the goal (HadSkip's budgets, an exit rule's settings)."""
+    info = stage.get("info") or {}
+    if info.get("goal"):
+        return info["goal"]["candidates"]
+    return (info.get("calibration") or {}).get("table") or []
+
+
+def _plot_goal(points: list[dict[str, Any]], goal: dict[str, Any], stage: str, path: Path) -> None:
+    """Held-out score against depth of every candidate, the goal's bound and the chosen point."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metric, chosen = goal["metric"], goal["chosen"].get(stage)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot([p["avg_layers"] for p in points], [p[metric] for p in points], "o-", color="tab:blue",
+            label="candidates (held-out rows)")
+    if chosen:
+        ax.scatter([chosen["avg_layers"]], [chosen[metric]], s=120, facecolors="none", edgecolors="tab:red",
+                   label="chosen", zorder=3)
+    ax.axhline(goal["heldout"]["baseline_score"], color="grey", lw=0.8, ls="--", label="baseline")
+    if goal["heldout"]["floor"] is not None:
+        ax.axhline(goal["heldout"]["floor"], color="tab:red", lw=0.8, ls=":", label="the goal's bound")
+    ax.set_xlabel("layers per example (held-out rows)")
+    ax.set_ylabel(f"{metric} (held-out rows)")
+    ax.set_title(f"{stage}: {goal['description']}", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

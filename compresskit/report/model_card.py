@@ -35,6 +35,7 @@ def model_card(report: dict[str, Any], recipe: dict[str, Any], environment: dict
                      f"{theirs.get(metric, float('nan')):.4f} | {others or '-'} | {ours['avg_layers']:.2f} |")
     lines += ["", f"{final['parameters'] / 1e6:.1f}M parameters, {final['flops_per_example'] / 1e9:.3f} GFLOPs "
               "per example (counted on the evaluation split).", ""]
+    lines += goal_lines(report.get("goal"))
     latency = report.get("latency")
     if latency:
         lines += ["## Latency (measured)", "",
@@ -58,6 +59,31 @@ def model_card(report: dict[str, Any], recipe: dict[str, Any], environment: dict
               "## Packages", "", ", ".join(f"{k} {v}" for k, v in sorted(environment.get("packages", {}).items())),
               ""]
     return "\n".join(lines)
+
+
+def goal_lines(goal: dict[str, Any] | None) -> list[str]:
+    """The recipe's goal, what each stage chose on the held-out rows, and whether it holds (report.json's `goal`)."""
+    if not goal:
+        return []
+    metric, held = goal["metric"], goal["heldout"]
+    lines = ["## Goal", "", f"**{goal['description']}** — {'met' if goal['met'] else 'NOT met'} on the evaluation "
+             "and final splits. Chosen on held-out training rows (the baseline scores "
+             f"{held['baseline_score']:.4f} there" + (f"; the goal accepts >= {held['floor']:.4f}" if held['floor']
+                                                       is not None else "") + "):", ""]
+    for stage, point in goal["chosen"].items():
+        shown = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in point.items())
+        lines.append(f"- `{stage}`: {shown}")
+    lines += ["", f"| split | baseline {metric} | final {metric} | drop | accuracy bound holds |",
+              "|---|---|---|---|---|"]
+    lines += [f"| {split} | {h['baseline']:.4f} | {h['final']:.4f} | {h['drop']:+.4f} | "
+              f"{'yes' if h['accuracy_holds'] else 'no'} |" for split, h in goal["splits"].items()]
+    speed = goal.get("speed")
+    if speed:
+        lines += ["", f"Speed on `{speed['split']}` ({speed['runtime']}, batch {speed['batch_size']}): "
+                  f"{speed['ms_per_example']:.2f} ms per example against the baseline's "
+                  f"{speed['baseline_ms_per_example']:.2f} ({speed['speedup']:.2f}x); the speed bound "
+                  f"{'holds' if speed['speed_holds'] else 'does NOT hold'}."]
+    return [*lines, ""]
 
 
 def write_model_cards(run_dir: Path, report: dict[str, Any], artifacts: dict[str, Path]) -> list[Path]:
