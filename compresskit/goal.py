@@ -202,6 +202,18 @@ def baseline_numbers(cfg: GoalConfig, model: torch.nn.Module, heldout: datasets.
     return out
 
 
+def recheck_speed(cfg: GoalConfig, split: str, baseline: Callable[[], Any], final: Callable[[], Any]
+                  ) -> dict[str, Any]:
+    """The speed bound re-measured on `split`: the baseline's and the final model's states (loaded by the
+    callables), timed as the goal times its candidates."""
+    out: dict[str, Any] = {"split": split, "runtime": cfg.runtime, "batch_size": cfg.batch_size}
+    for key, load in (("baseline_ms_per_example", baseline), ("ms_per_example", final)):
+        state = load()
+        out[key] = ms_per_example(state.model, state.data[split], state.tokenizer, cfg.batch_size,
+                                  cfg.timing_examples, cfg.timing_rounds)
+    return out
+
+
 def goal_report(target: GoalTarget, report: dict[str, Any], splits: list[str],
                 speed: dict[str, float] | None) -> dict[str, Any]:
     """What the goal asked, what each stage chose on the held-out rows, and whether it holds on the

@@ -43,12 +43,13 @@ from compresskit import hardware
 from compresskit.data.loading import load_splits, resolve_task
 from compresskit.errors import CompressKitError
 from compresskit.files import DirectoryLock, verify_checksums, write_checksums, write_json
-from compresskit.goal import HELDOUT, GoalTarget, baseline_numbers, goal_report, ms_per_example, split_heldout
+from compresskit.goal import HELDOUT, GoalTarget, baseline_numbers, goal_report, recheck_speed, split_heldout
 from compresskit.modeling.loading import load_model, resolve_model_path
 from compresskit.modeling.model import CompressedModelForSequenceClassification
 from compresskit.preflight import check_inputs
 from compresskit.profiling import profile
 from compresskit.recipe import ResolvedRecipe
+from compresskit.report.baselines import compare_routes, train_baselines
 from compresskit.report.model_card import write_model_cards
 from compresskit.report.results import build_report
 from compresskit.rundir import (
@@ -332,6 +333,8 @@ class Pipeline:
                               lambda name, known: self.profile(self._model_state(name, raw), splits, known))
         if r.goal is not None:
             report["goal"] = goal_report(self._goal_target(raw), report, splits, self._goal_speed(report, raw))
+        if r.report.baselines:
+            report["trivial_routes"] = self._trivial_routes(report, raw, splits)
         if self.dist.is_main_process:
             artifacts = self._final_artifacts(stages)
             if r.evaluation.latency_examples:
@@ -350,16 +353,25 @@ class Pipeline:
 
     def _goal_speed(self, report: dict[str, Any], raw: datasets.DatasetDict) -> dict[str, Any] | None:
         """A speed goal re-measured on the evaluation split: baseline and final model, as the goal times them."""
-        goal = self.recipe.goal
-        if not goal.wants_speed:
+        if not self.recipe.goal.wants_speed:
             return None
-        split, out = self.recipe.evaluation.split, {}
-        for key, name in (("baseline_ms_per_example", report["baseline"]["stage"]),
-                          ("ms_per_example", report["final"]["stage"])):
-            state = self._model_state(name, raw)
-            out[key] = ms_per_example(state.model, state.data[split], state.tokenizer, goal.batch_size,
-                                      goal.timing_examples, goal.timing_rounds)
-        return {"split": split, "runtime": goal.runtime, "batch_size": goal.batch_size, **out}
+        return recheck_speed(self.recipe.goal, self.recipe.evaluation.split,
+                             lambda: self._model_state(report["baseline"]["stage"], raw),
+                             lambda: self._model_state(report["final"]["stage"], raw))
+
+    def _trivial_routes(self, report: dict[str, Any], raw: datasets.DatasetDict, splits: list[str]) -> dict[str, Any]:
+        """The recipe's result against the routes a user would take instead (report.baselines.py)."""
+        cfg, split, names = self.recipe.report, self.recipe.evaluation.split, self.resolved.stage_names()
+        dynamic = [i for i in range(len(names)) if self.resolved.strategy(i).kind == "dynamic"]
+        source = (names[dynamic[0] - 1] if dynamic[0] else "input") if dynamic else report["baseline"]["stage"]
+        depth = max(1, round(report["final"][split]["avg_layers"]))
+        routes = train_baselines(cfg, self.run_dir, self.fingerprints[-1], depth, source,
+                                 lambda: self._model_state(source, raw), raw, self.recipe.seed, split,
+                                 lambda state: self.profile(state, splits))
+        loaders = {"baseline": lambda: self._model_state(report["baseline"]["stage"], raw),
+                   "final": lambda: self._model_state(report["final"]["stage"], raw)}
+        loaders.update({r["name"]: (lambda d=r["directory"]: self._state_from(Path(d), raw)) for r in routes})
+        return compare_routes(cfg, report, routes, loaders, split)
 
     def _final_artifacts(self, stages: list[dict[str, Any]]) -> dict[str, Path]:
         """The final model's directory and, if the recipe exports, the last export's."""

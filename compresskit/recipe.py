@@ -19,6 +19,7 @@ from compresskit.data.tasks import KNOWN_TASKS, TaskSpec
 from compresskit.errors import RecipeError
 from compresskit.goal import GoalConfig
 from compresskit.registry import StageConfig, Strategy, strategies, unknown_strategy_message
+from compresskit.report.baselines import ReportConfig
 from compresskit.training.precision import Precision
 from compresskit.yamlfile import load_yaml, parse_yaml
 
@@ -71,6 +72,8 @@ class Recipe(BaseModel):
     )
     goal: GoalConfig | None = Field(None, description="what the result must reach (accuracy kept, speed "
                                     "gained), met on held-out training rows by every stage with a trade-off knob")
+    report: ReportConfig = Field(default_factory=ReportConfig, description="what the report adds: the trivial "
+                                 "routes (first_k, smaller_model) trained and measured beside the result")
     stages: list[dict[str, Any]] = Field(min_length=1)
 
 

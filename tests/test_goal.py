@@ -162,3 +162,27 @@ def test_the_report_and_the_model_card_state_the_goal_and_whether_it_holds(tiny_
     assert f"{goal['splits']['test']['final']:.4f}" in card and ("NOT met" in card) != goal["met"]
     markdown = write_report(run).read_text()
     assert "## Goal" in markdown and (run / "report" / "goal_exits.png").stat().st_size > 0
+
+
+def test_the_trivial_routes_are_trained_and_measured_beside_the_result(tiny_recipe, tmp_path, tiny_model_dir):
+    from compresskit.report.markdown import write_report
+
+    run = tmp_path / "run"
+    skip = {**SKIP, "homotopic": False, "budget": 2}
+    settings = {"baselines": ["first_k", "smaller_model"], "smaller_model": str(tiny_model_dir), "epochs": 2,
+                "learning_rate": 1e-3, "batch_size": 16, "timing_examples": 8}
+    report = Pipeline(load_recipe(tiny_recipe([TEACHER, skip], report=settings)), run).run()
+    routes = {m["name"]: m for m in report["trivial_routes"]["models"]}
+    assert set(routes) == {"baseline", "final", "first_k", "smaller_model"}
+    depth = max(1, round(report["final"]["validation"]["avg_layers"]))  # at least one layer
+    assert routes["first_k"]["num_layers"] == depth and f"first {depth} layers of 'teacher'" in \
+        routes["first_k"]["description"]
+    assert all(m["ms_per_example"] > 0 and m["test"]["accuracy"] >= 0 for m in routes.values())
+    assert routes["baseline"]["speedup"] == 1.0
+    assert (run / "baselines" / "first_k" / "model" / "config.json").exists()
+    # a second report reuses the trained routes
+    stamp = (run / "baselines" / "first_k" / "result.json").stat().st_mtime_ns
+    Pipeline(load_recipe(tiny_recipe([TEACHER, skip], report=settings)), run).run()
+    assert (run / "baselines" / "first_k" / "result.json").stat().st_mtime_ns == stamp
+    markdown = write_report(run).read_text()
+    assert "first_k" in markdown and "smaller_model" in markdown

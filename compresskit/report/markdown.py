@@ -79,6 +79,8 @@ def write_report(run_dir: str | Path, measure: bool = False, batch_size: int = 3
                   f"{final[other]['avg_layers']:.2f} layers per example (baseline "
                   f"{base.get(other, {}).get(metric, float('nan')):.4f})."]
     lines += ["", "![accuracy vs speed-up](pareto.png)"]
+    if report.get("trivial_routes"):
+        lines += ["", *_routes_section(report["trivial_routes"], metric, out)]
     if report.get("goal"):
         lines += ["", *goal_lines(report["goal"])]
         for stage in report["stages"]:
@@ -191,6 +193,48 @@ def _plot_goal(points: list[dict[str, Any]], goal: dict[str, Any], stage: str, p
     ax.set_xlabel("layers per example (held-out rows)")
     ax.set_ylabel(f"{metric} (held-out rows)")
     ax.set_title(f"{stage}: {goal['description']}", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _routes_section(routes: dict[str, Any], metric: str, out: Path) -> list[str]:
+    """The result against the trivial routes: a table and accuracy against measured speed-up."""
+    splits = [k for k, v in routes["models"][0].items() if isinstance(v, dict) and metric in v]
+    lines = ["## Against the trivial routes", "",
+             f"Speed measured side by side on `{routes['split']}` ({routes['runtime']}, batch "
+             f"{routes['batch_size']}), relative to the baseline.", "",
+             "| model | " + " | ".join(f"{s} {metric}" for s in splits)
+             + " | layers | GFLOPs | ms/example | speed-up |",
+             "|---|" + "---|" * (len(splits) + 4)]
+    for m in routes["models"]:
+        lines.append(f"| {m['name']}: {m['description']} | " + " | ".join(f"{m[s][metric]:.4f}" for s in splits)
+                     + f" | {m[routes['split']]['avg_layers']:.2f} | {m['flops_per_example'] / 1e9:.3f} "
+                     f"| {m['ms_per_example']:.2f} | {m['speedup']:.2f}x |")
+    _plot_routes(routes, splits, metric, out / "routes.png")
+    return [*lines, "", "![the result against the trivial routes](routes.png)", ""]
+
+
+def _plot_routes(routes: dict[str, Any], splits: list[str], metric: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    points, labels = [], []
+    for split, marker in zip(splits, "os^D", strict=False):
+        xs = [m["speedup"] for m in routes["models"]]
+        ys = [m[split][metric] for m in routes["models"]]
+        ax.scatter(xs, ys, marker=marker, label=split)
+        points += list(zip(xs, ys, strict=True))
+        labels += [m["name"] for m in routes["models"]]
+    for (x, y), label, offset in zip(points, labels, _label_offsets(points, ax), strict=True):
+        ax.annotate(label, (x, y), textcoords="offset points", xytext=offset, fontsize=8)
+    ax.set_xlabel(f"measured speed-up over the baseline ({routes['runtime']}, batch {routes['batch_size']})")
+    ax.set_ylabel(metric)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
