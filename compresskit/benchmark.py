@@ -46,7 +46,9 @@ def load_runner(spec: str, threads: int) -> tuple[Runner, Any, str]:
             raise CompressKitError(f"benchmark: {spec}: ':{variant}' is not one of "
                                    f"{', '.join(':' + v for v in EXPORT_VARIANTS if v)}")
         model = OnnxClassifier(path, threads=threads, **settings)
-        kind = f"{model.runtime}-{model.precision}" + ("-int8" if settings.get("quantized") else "")
+        kind = f"{model.runtime}-{model.executed_precision}" + ("-int8" if settings.get("quantized") else "")
+        if model.executed_precision != model.precision:
+            kind += f" ({model.precision} asked; not native here)"
         return (lambda enc: model.forward(enc).layers_executed), model.tokenizer, kind
     if variant:
         raise CompressKitError(f"benchmark: {spec}: ':{variant}' applies to ONNX exports only")
@@ -90,7 +92,7 @@ def benchmark(paths: list[str], task: str = "rotten_tomatoes", split: str = "tes
                     layers[m].extend(np.asarray(executed, dtype=float).tolist())
         for m, (path, (_, _, kind)) in enumerate(zip(paths, runners, strict=True)):
             ts = sorted(times[m])
-            rows.append({"model": path, "runtime": kind, "batch_size": batch_size,
+            rows.append({"model": path, "runtime": kind, "isa": instruction_set(kind), "batch_size": batch_size,
                          "median_ms": 1e3 * statistics.median(ts), "p90_ms": 1e3 * ts[int(0.9 * (len(ts) - 1))],
                          "examples_per_s": len(texts) * repeats / sum(ts), "avg_layers": statistics.fmean(layers[m])})
     base = {r["batch_size"]: r["examples_per_s"] for r in rows if r["model"] == paths[0]}
@@ -98,6 +100,17 @@ def benchmark(paths: list[str], task: str = "rotten_tomatoes", split: str = "tes
         r["speedup_vs_first"] = r["examples_per_s"] / base[r["batch_size"]]
     return {"task": task, "split": split, "examples": len(texts), "max_length": max_length, "threads": threads,
             "repeats": repeats, "rows": rows}
+
+
+def instruction_set(kind: str) -> str:
+    """The widest matrix instructions the row's runtime can use here: PyTorch says which it dispatches
+    to; ONNX Runtime (MLAS) and OpenVINO pick the widest the CPU has, as listed."""
+    if kind == "pytorch":
+        return torch.backends.cpu.get_cpu_capability()
+    from compresskit import hardware
+
+    flags = hardware.cpu()["matrix_instructions"]
+    return "+".join(flags) or "baseline x86-64"
 
 
 def _encode(tokenizer: Any, chunk: list[list[str]], max_length: int) -> dict[str, np.ndarray]:
@@ -109,9 +122,11 @@ def _encode(tokenizer: Any, chunk: list[list[str]], max_length: int) -> dict[str
 def markdown(result: dict[str, Any]) -> str:
     lines = [f"{result['examples']} examples of {result['task']}/{result['split']}, max length "
              f"{result['max_length']}, {result['threads']} threads, {result['repeats']} passes", "",
-             "| model | runtime | batch | median ms | p90 ms | examples/s | avg layers | speed-up vs first |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| model | runtime | instructions | batch | median ms | p90 ms | examples/s | avg layers "
+             "| speed-up vs first |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
-        lines.append(f"| {r['model']} | {r['runtime']} | {r['batch_size']} | {r['median_ms']:.1f} | {r['p90_ms']:.1f} "
+        lines.append(f"| {r['model']} | {r['runtime']} | {r['isa']} | {r['batch_size']} | {r['median_ms']:.1f} "
+                     f"| {r['p90_ms']:.1f} "
                      f"| {r['examples_per_s']:.1f} | {r['avg_layers']:.2f} | {r['speedup_vs_first']:.2f}x |")
     return "\n".join(lines)

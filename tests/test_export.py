@@ -364,9 +364,16 @@ def test_benchmark_runs_models_and_exports_side_by_side(tiny_model_dir, tiny_tas
     result = benchmark(paths, task=tiny_task, split="test", examples=10, batch_sizes=(1, 4), repeats=1, warmup=1,
                        threads=1)
     rows = result["rows"]
+    import openvino
+
+    # a row names the precision OpenVINO really ran: a CPU without bf16 units keeps fp32
+    native = "BF16" in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    bf16_row = "openvino-bf16" if native else "openvino-fp32 (bf16 asked; not native here)"
     assert [(r["runtime"], r["batch_size"]) for r in rows] == [
         (kind, b) for b in (1, 4) for kind in ("pytorch", "pytorch", "onnxruntime-fp32", "onnxruntime-fp32-int8",
-                                               "openvino-fp32", "openvino-bf16")]
+                                               "openvino-fp32", bf16_row)]
+    assert {r["isa"] for r in rows if r["runtime"] == "pytorch"} == {torch.backends.cpu.get_cpu_capability()}
+    assert "| instructions |" in markdown(result)
     assert all(r["median_ms"] > 0 and r["p90_ms"] >= r["median_ms"] and r["examples_per_s"] > 0 for r in rows)
     by_model = {(r["model"], r["batch_size"]): r for r in rows}
     assert by_model[(str(tiny_model_dir), 4)]["avg_layers"] == 4.0

@@ -19,6 +19,8 @@ EnginePrecision = Literal["fp32", "bf16"]
 
 
 class OrtGraph:
+    executed_precision = "fp32"
+
     def __init__(self, file: Path, threads: int | None):
         import onnxruntime as ort
 
@@ -58,6 +60,9 @@ class OpenVinoGraph:
         self.outputs = [next(n for n in port.get_names() if n in onnx_names["outputs"])
                         for port in self._compiled.outputs]
         self._request = self._compiled.create_infer_request()
+        # what OpenVINO really runs: a bf16 hint on a CPU without bf16 units falls back to f32 silently
+        executed = self._compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+        self.executed_precision = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}.get(executed, executed)
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         result = self._request.infer({self._ports[k]: v for k, v in feeds.items()})

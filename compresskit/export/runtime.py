@@ -87,6 +87,11 @@ class OnnxClassifier:
         self._tokenizer = None
         self.num_labels = max(1, len(self._config.get("id2label") or {}))
 
+    @property
+    def executed_precision(self) -> str:
+        """The precision the runtime really multiplies in (OpenVINO keeps fp32 where bf16 is not native)."""
+        return next(iter(self._sessions.values())).executed_precision
+
     @classmethod
     def from_pretrained(cls, directory: str | Path, **kwargs: Any) -> OnnxClassifier:
         return cls(directory, **kwargs)

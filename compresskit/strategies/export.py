@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Literal
 
 import torch
@@ -15,6 +16,8 @@ from compresskit.export.engines import Engine, EnginePrecision
 from compresskit.export.onnx_export import on_host
 from compresskit.registry import StageConfig, Strategy, register_strategy
 from compresskit.stage import ModelShape, PipelineState, PlanContext, StageContext
+
+log = logging.getLogger(__name__)
 
 
 class ExportConfig(StageConfig):
@@ -88,6 +91,11 @@ class ExportStrategy(Strategy[ExportConfig]):
                 model, served, state.data[split], state.tokenizer, atol=cfg.atol if strict else None,
                 one_at_a_time=strict)
             check_served(summary, cfg.runtime_precision, f"stage {ctx.name!r}, {cfg.runtime} {cfg.runtime_precision}")
+            summary["executed_precision"] = served.executed_precision  # fp32 where bf16 is not native
+            if served.executed_precision != cfg.runtime_precision:
+                log.warning("stage %r: %s runs %s here (this CPU has no native %s): the export serves in %s",
+                            ctx.name, cfg.runtime, served.executed_precision, cfg.runtime_precision,
+                            served.executed_precision)
         if cfg.quantize:  # INT8 changes the numbers on purpose: measured and reported, not held to atol
             info[f"{split}_int8"] = compare(model, OnnxClassifier(target, quantized=True), state.data[split],
                                             state.tokenizer, atol=None, one_at_a_time=False)
