@@ -218,18 +218,31 @@ def evaluate(model: str, task_name: str, split: str, max_samples: int | None, ma
 @main.command()
 @click.argument("model")
 @click.option("--output", "-o", required=True, type=click.Path(file_okay=False), help="Export directory.")
-@click.option("--quantize", type=click.Choice(["int8"]), default=None, help="Also write INT8 graphs (ORTQuantizer).")
+@click.option("--quantize", type=click.Choice(["int8", "int8-static"]), default=None,
+              help="Also write INT8 graphs: dynamic (ORTQuantizer) or static QDQ calibrated on --task's training rows.")
+@click.option("--task", default="rotten_tomatoes", show_default=True,
+              help="Task (name or file) whose training rows calibrate int8-static.")
+@click.option("--calibration-rows", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--atol", type=float, default=1e-4, show_default=True, callback=_tolerance,
               help="Largest logit difference vs PyTorch.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing export directory.")
 @handle_errors
-def export(model: str, output: str, quantize: str | None, atol: float, overwrite: bool) -> None:
+def export(model: str, output: str, quantize: str | None, task: str, calibration_rows: int, atol: float,
+           overwrite: bool) -> None:
     """Export MODEL (a compresskit or stock model directory) to ONNX for ONNX Runtime."""
     from compresskit.export import export_model
     from compresskit.modeling.loading import load_model
 
     loaded, tokenizer = load_model(model)
-    manifest = export_model(loaded, tokenizer, output, quantize=quantize, atol=atol, overwrite=overwrite)
+    calibration = None
+    if quantize == "int8-static":
+        from compresskit.data.loading import load_splits, resolve_task
+
+        train = load_splits(resolve_task(task), ["train"], max_train_samples=calibration_rows)["train"]
+        fields = [f for f in ("text_a", "text_b") if f in train.column_names]
+        calibration = [[row[f] for f in fields] for row in train]
+    manifest = export_model(loaded, tokenizer, output, quantize=quantize, atol=atol, overwrite=overwrite,
+                            calibration=calibration)
     click.echo(f"exported {manifest['kind']} model to {output}: {len(manifest['graphs'])} graph(s), "
                f"max |logit diff| vs PyTorch {manifest['max_abs_diff']:.1e}"
                + (", INT8 graphs written" if quantize else ""))

@@ -294,6 +294,40 @@ def test_int8_stays_close_to_fp32_on_a_trained_model(tiny_recipe, tmp_path):
     assert int8["max_abs_diff"] <= 0.5  # logits of order 1-5 here
 
 
+def test_static_int8_is_calibrated_qdq_and_stays_close_on_a_trained_model(tiny_recipe, tmp_path):
+    from compresskit.pipeline import Pipeline
+    from compresskit.recipe import load_recipe
+
+    recipe = tiny_recipe([{"strategy": "finetune", "name": "teacher", "epochs": 6, "learning_rate": 2e-3,
+                           "batch_size": 8},
+                          {"strategy": "export", "name": "onnx", "quantize": "int8-static", "calibration_rows": 32}])
+    report = Pipeline(load_recipe(recipe), tmp_path / "run").run()
+    info = report["stages"][1]["info"]
+    assert "static" in info["manifest"]["quantized"]["scheme"]
+    graph = onnx.load(tmp_path / "run" / "stages" / "01-onnx" / "onnx" / "model_quantized.onnx")
+    ops = {node.op_type for node in graph.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops and "DynamicQuantizeLinear" not in ops
+    fp32, int8 = info["validation"], info["validation_int8"]
+    assert fp32["pytorch_accuracy"] >= 0.9
+    assert int8["prediction_agreement"] >= 0.95 and abs(int8["onnx_accuracy"] - fp32["onnx_accuracy"]) <= 0.05
+
+
+def test_static_int8_of_a_dynamic_model_is_refused_before_anything_runs(tiny_recipe, tokenizer, tmp_path):
+    from compresskit.errors import RecipeError
+    from compresskit.recipe import load_recipe
+
+    recipe = tiny_recipe([{"strategy": "finetune", "name": "teacher", "epochs": 1},
+                          {"strategy": "hadskip", "name": "skip", "budget": 2},
+                          {"strategy": "export", "quantize": "int8-static"}])
+    from compresskit.preflight import check_inputs
+
+    with pytest.raises(RecipeError, match=r"stages\[2\].quantize: int8-static .* use quantize: int8"):
+        check_inputs(load_recipe(recipe))
+    with pytest.raises(CompressKitError, match="dynamic"):
+        export_model(model_of("bert", dict(gates=True)), tokenizer, tmp_path / "onnx", quantize="int8-static",
+                     calibration=[["a b"]])
+
+
 def test_an_export_that_fails_validation_leaves_nothing(tokenizer, tmp_path, monkeypatch):
     def disagree(*args, **kwargs):
         raise CompressKitError("export: ONNX and PyTorch disagree")

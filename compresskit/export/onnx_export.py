@@ -45,8 +45,17 @@ def on_host(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def export_model(model: CompressedModelForSequenceClassification, tokenizer: Any, output: str | Path,
-                 quantize: str | None = None, atol: float = ATOL, overwrite: bool = False) -> dict[str, Any]:
-    """Write `model` (+ tokenizer, config, manifest) as ONNX into `output`; returns the manifest."""
+                 quantize: str | None = None, atol: float = ATOL, overwrite: bool = False,
+                 calibration: list[list[str]] | None = None) -> dict[str, Any]:
+    """Write `model` (+ tokenizer, config, manifest) as ONNX into `output`; returns the manifest.
+
+    `quantize`: "int8" (dynamic: activations' ranges measured per batch at run time) or
+    "int8-static" (QDQ, activations' ranges calibrated beforehand on `calibration`, rows of texts
+    such as training rows; static models only)."""
+    if quantize == "int8-static" and (model.is_dynamic or not calibration):
+        raise CompressKitError("export: int8-static calibrates the one graph of a static model on training "
+                               "rows; " + ("this model is dynamic (per-layer graphs): use int8" if model.is_dynamic
+                                           else "give calibration rows"))
     output = Path(output)
     if output.exists() and not overwrite:
         raise CompressKitError(f"export: {output} exists; choose another --output or remove it")
@@ -61,7 +70,9 @@ def export_model(model: CompressedModelForSequenceClassification, tokenizer: Any
         model.config.save_pretrained(work)
         tokenizer.save_pretrained(work)
         manifest.update(_validate(model, tokenizer, work, manifest, atol))
-        if quantize is not None:
+        if quantize == "int8-static":
+            manifest["quantized"] = _quantize_static(work, manifest, tokenizer, calibration)
+        elif quantize is not None:
             manifest["quantized"] = _quantize(work, manifest, quantize)
         (work / MANIFEST).write_text(json.dumps(manifest, indent=2))
         if output.exists():
@@ -279,3 +290,37 @@ def _quantize(work: Path, manifest: dict[str, Any], scheme: str) -> dict[str, An
     finally:
         root.setLevel(level)
     return {"scheme": "int8 dynamic (ORTQuantizer, avx2)", "suffix": "_quantized"}
+
+
+STATIC_CALIBRATION_BATCH = 16
+
+
+def _quantize_static(work: Path, manifest: dict[str, Any], tokenizer: Any, rows: list[list[str]]) -> dict[str, Any]:
+    """INT8 QDQ quantization of the graph's matrix products, activation ranges calibrated (min-max) on
+    `rows`: no range is measured at run time, the cost dynamic INT8 pays on every call."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    (graph,) = manifest["graphs"]
+    names = set(manifest["inputs"])
+
+    class Rows(CalibrationDataReader):
+        def __init__(self):
+            batches = [rows[i:i + STATIC_CALIBRATION_BATCH] for i in range(0, len(rows), STATIC_CALIBRATION_BATCH)]
+            self._feeds = iter([{k: v.astype("int64") for k, v in tokenizer(*map(list, zip(*batch, strict=True)),
+                                                                          padding=True, truncation=True,
+                                                                          return_tensors="np").items() if k in names}
+                                for batch in batches])
+
+        def get_next(self):
+            return next(self._feeds, None)
+
+    root = logging.getLogger()  # onnxruntime's quantizer logs per tensor through the root logger
+    level = root.level
+    root.setLevel(max(level, logging.WARNING))
+    try:
+        quantize_static(str(work / graph), str(work / graph.replace(".onnx", "_quantized.onnx")), Rows(),
+                        quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
+                        weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul"])
+    finally:
+        root.setLevel(level)
+    return {"scheme": f"int8 static (QDQ MatMul, min-max over {len(rows)} calibration rows)", "suffix": "_quantized"}

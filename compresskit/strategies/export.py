@@ -23,7 +23,10 @@ log = logging.getLogger(__name__)
 class ExportConfig(StageConfig):
     """Recipe keys of an `export` stage."""
 
-    quantize: Literal["int8"] | None = Field(None, description="also write INT8 graphs (ORTQuantizer)")
+    quantize: Literal["int8", "int8-static"] | None = Field(None, description="also write INT8 graphs: int8 "
+                                                           "(dynamic, ORTQuantizer) or int8-static (QDQ, calibrated "
+                                                           "on `calibration_rows` training rows; static models)")
+    calibration_rows: int = Field(256, ge=1, description="training rows that calibrate int8-static")
     atol: float = Field(1e-4, gt=0, description="largest logit difference allowed against PyTorch")
     runtime: Engine = Field("onnxruntime", description="also check the export on this runtime: openvino "
                             "(ONNX Runtime is always checked)")
@@ -72,6 +75,9 @@ class ExportStrategy(Strategy[ExportConfig]):
         if self.config.runtime == "openvino" and shape.model_type == "deberta-v2":
             ctx.problem("runtime", "OpenVINO cannot compile DeBERTa's relative-position graph (an If of dynamic "
                                    "rank); serve it on ONNX Runtime (runtime: onnxruntime)")
+        if self.config.quantize == "int8-static" and shape.dynamic:
+            ctx.problem("quantize", "int8-static calibrates the one graph of a static model; this stage receives "
+                                    "a dynamic model (per-layer graphs): use quantize: int8")
         return shape
 
     def apply(self, state: PipelineState, ctx: StageContext) -> PipelineState:
@@ -79,7 +85,14 @@ class ExportStrategy(Strategy[ExportConfig]):
         target = ctx.work_dir / "onnx"
         # one host copy (none on a CPU) for the export and every comparison: they trace and run there
         model = on_host(state.model)
-        manifest = export_model(model, state.tokenizer, target, quantize=cfg.quantize, atol=cfg.atol)
+        calibration = None
+        if cfg.quantize == "int8-static":
+            train = state.raw["train"].shuffle(seed=ctx.seed)
+            fields = [f for f in ("text_a", "text_b") if f in train.column_names]
+            calibration = [[row[f] for f in fields] for row in train.select(range(min(cfg.calibration_rows,
+                                                                                     len(train))))]
+        manifest = export_model(model, state.tokenizer, target, quantize=cfg.quantize, atol=cfg.atol,
+                                calibration=calibration)
         split = ctx.eval_split
         info: dict[str, Any] = {"manifest": manifest, "directory": "onnx",
                                 split: compare(model, OnnxClassifier(target), state.data[split], state.tokenizer,
