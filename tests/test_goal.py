@@ -185,4 +185,6 @@ def test_the_trivial_routes_are_trained_and_measured_beside_the_result(tiny_reci
     Pipeline(load_recipe(tiny_recipe([TEACHER, skip], report=settings)), run).run()
     assert (run / "baselines" / "first_k" / "result.json").stat().st_mtime_ns == stamp
     markdown = write_report(run).read_text()
-    assert "first_k" in markdown and "smaller_model" in markdown
+    assert "first_k" in markdown and "smaller_model" in markdown and (run / "report" / "routes.png").exists()
+    card = (run / "stages" / "01-skip" / "model" / "README.md").read_text()
+    assert "## Against the trivial routes" in card and f"{routes['first_k']['test']['accuracy']:.4f}" in card

@@ -35,7 +35,7 @@ def model_card(report: dict[str, Any], recipe: dict[str, Any], environment: dict
                      f"{theirs.get(metric, float('nan')):.4f} | {others or '-'} | {ours['avg_layers']:.2f} |")
     lines += ["", f"{final['parameters'] / 1e6:.1f}M parameters, {final['flops_per_example'] / 1e9:.3f} GFLOPs "
               "per example (counted on the evaluation split).", ""]
-    lines += goal_lines(report.get("goal"))
+    lines += goal_lines(report.get("goal")) + route_lines(report.get("trivial_routes"), metric)
     latency = report.get("latency")
     if latency:
         lines += ["## Latency (measured)", "",
@@ -83,6 +83,20 @@ def goal_lines(goal: dict[str, Any] | None) -> list[str]:
                   f"{speed['ms_per_example']:.2f} ms per example against the baseline's "
                   f"{speed['baseline_ms_per_example']:.2f} ({speed['speedup']:.2f}x); the speed bound "
                   f"{'holds' if speed['speed_holds'] else 'does NOT hold'}."]
+    return [*lines, ""]
+
+
+def route_lines(routes: dict[str, Any] | None, metric: str) -> list[str]:
+    """The result against the trivial routes a user would take instead (report.json's `trivial_routes`)."""
+    if not routes:
+        return []
+    splits = [k for k, v in routes["models"][0].items() if isinstance(v, dict) and metric in v]
+    lines = ["## Against the trivial routes", "",
+             f"Speed measured side by side on `{routes['split']}` ({routes['runtime']}, batch {routes['batch_size']}):",
+             "", "| model | " + " | ".join(f"{s} {metric}" for s in splits) + " | speed-up |",
+             "|---|" + "---|" * (len(splits) + 1)]
+    lines += [f"| {m['name']}: {m['description']} | " + " | ".join(f"{m[s][metric]:.4f}" for s in splits)
+              + f" | {m['speedup']:.2f}x |" for m in routes["models"]]
     return [*lines, ""]
 
 
