@@ -92,8 +92,8 @@ class Pipeline:
             reads = [input_digest(name) for name in self.resolved.strategy(i).reads()]
             # the precision it trains in, as resolved on this machine (`auto` differs between machines)
             trains_in = precision.resolve(stage.precision or r.precision, self.dist.device)
-            # the goal steers the stages with a knob (and, through them, every later one)
             previous = fingerprint(previous, stage.model_dump(mode="json"), reads, trains_in)
+            # the goal steers the stages with a knob (and, through them, every later one)
             if r.goal is not None and self.resolved.strategy(i).goal_knob:
                 previous = fingerprint(previous, r.goal.model_dump(mode="json"))
             out.append(previous)
@@ -360,7 +360,7 @@ class Pipeline:
                              lambda: self._model_state(report["final"]["stage"], raw))
 
     def _trivial_routes(self, report: dict[str, Any], raw: datasets.DatasetDict, splits: list[str]) -> dict[str, Any]:
-        """The recipe's result against the routes a user would take instead (report.baselines.py)."""
+        """The recipe's result against the routes a user would take instead (compresskit/report/baselines.py)."""
         cfg, split, names = self.recipe.report, self.recipe.evaluation.split, self.resolved.stage_names()
         dynamic = [i for i in range(len(names)) if self.resolved.strategy(i).kind == "dynamic"]
         source = (names[dynamic[0] - 1] if dynamic[0] else "input") if dynamic else report["baseline"]["stage"]

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
+from accelerate import PartialState
 from accelerate.utils import set_seed
 from pydantic import Field
 
@@ -81,7 +82,9 @@ def train_baselines(cfg: ReportConfig, run_dir: Path, key: str, depth: int, sour
         train(model, state.data["train"], state.data[eval_split], state.task, tokenizer, TrainingConfig.of(cfg), seed,
               desc=f"baseline {kind}")
         result = {"name": kind, "description": what, "fingerprint": stamp, **profile(state)}
-        _write_whole(directory, state, result)
+        if PartialState().is_main_process:  # every process trained it (DDP); one writes it
+            _write_whole(directory, state, result)
+        PartialState().wait_for_everyone()
         out.append({**result, "directory": str(directory / "model")})
     return out
 
