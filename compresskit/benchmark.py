@@ -68,7 +68,16 @@ def benchmark(paths: list[str], task: str = "rotten_tomatoes", split: str = "tes
               batch_sizes: tuple[int, ...] = (1, 32), max_length: int = 64, repeats: int = 3, warmup: int = 2,
               threads: int | None = None) -> dict[str, Any]:
     threads = threads or torch.get_num_threads()
+    kept = torch.get_num_threads()
     torch.set_num_threads(threads)
+    try:  # the caller's thread count is theirs: restored however this ends
+        return _benchmark(paths, task, split, examples, batch_sizes, max_length, repeats, warmup, threads)
+    finally:
+        torch.set_num_threads(kept)
+
+
+def _benchmark(paths: list[str], task: str, split: str, examples: int, batch_sizes: tuple[int, ...],
+               max_length: int, repeats: int, warmup: int, threads: int) -> dict[str, Any]:
     runners = [load_runner(p, threads) for p in paths]  # a path that is not a model fails before any data loads
     spec = resolve_task(task)
     raw = load_splits(spec, [split], max_eval_samples=examples)[split]

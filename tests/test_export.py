@@ -395,8 +395,11 @@ def test_benchmark_runs_models_and_exports_side_by_side(tiny_model_dir, tiny_tas
     export_model(model, tokenizer, tmp_path / "onnx", quantize="int8")
     paths = [str(tiny_model_dir), str(tmp_path / "gated"), str(tmp_path / "onnx"), f"{tmp_path / 'onnx'}:int8",
              f"{tmp_path / 'onnx'}:openvino", f"{tmp_path / 'onnx'}:openvino-bf16"]
+    threads = torch.get_num_threads()
     result = benchmark(paths, task=tiny_task, split="test", examples=10, batch_sizes=(1, 4), repeats=1, warmup=1,
-                       threads=1)
+                       threads=threads + 1)
+    assert torch.get_num_threads() == threads  # the caller's setting is restored (it leaked into later tests)
+    assert result["threads"] == threads + 1
     rows = result["rows"]
     import openvino
 
