@@ -74,6 +74,14 @@ class GoalConfig(BaseModel):
     def wants_speed(self) -> bool:
         return self.min_speedup is not None or self.max_latency_ms is not None
 
+    def floor(self, baseline: float) -> float | None:
+        """The lowest score the goal accepts against a baseline scoring `baseline` (None: no accuracy bound)."""
+        if self.max_accuracy_drop is not None:
+            return baseline - self.max_accuracy_drop
+        if self.max_relative_drop is not None:
+            return baseline * (1 - self.max_relative_drop)
+        return None
+
     def describe(self) -> str:
         parts = []
         if self.max_accuracy_drop is not None:
@@ -129,12 +137,7 @@ class GoalTarget:
     @property
     def floor(self) -> float | None:
         """The lowest held-out score the goal accepts (None: no accuracy bound)."""
-        cfg = self.config
-        if cfg.max_accuracy_drop is not None:
-            return self.baseline_score - cfg.max_accuracy_drop
-        if cfg.max_relative_drop is not None:
-            return self.baseline_score * (1 - cfg.max_relative_drop)
-        return None
+        return self.config.floor(self.baseline_score)
 
     def measure(self, model: torch.nn.Module, heldout: datasets.Dataset, tokenizer: PreTrainedTokenizerBase
                 ) -> dict[str, float]:
@@ -228,13 +231,9 @@ def goal_report(target: GoalTarget, report: dict[str, Any], splits: list[str],
     holds: dict[str, Any] = {}
     for split in splits:
         base, final = report["baseline"][split][metric], report["final"][split][metric]
-        drop = base - final
-        ok = True
-        if cfg.max_accuracy_drop is not None:
-            ok = drop <= cfg.max_accuracy_drop
-        elif cfg.max_relative_drop is not None:
-            ok = final >= base * (1 - cfg.max_relative_drop)
-        holds[split] = {"baseline": base, "final": final, "drop": drop, "accuracy_holds": ok}
+        floor = cfg.floor(base)
+        holds[split] = {"baseline": base, "final": final, "drop": base - final,
+                        "accuracy_holds": floor is None or final >= floor}
     if speed is not None:
         speed = {**speed, "speedup": speed["baseline_ms_per_example"] / speed["ms_per_example"]}
         speed["speed_holds"] = ((cfg.min_speedup is None or speed["speedup"] >= cfg.min_speedup)

@@ -135,7 +135,7 @@ def _plot_pareto(rows: list[dict[str, Any]], base_metric: float, metric: str, pa
     fig, ax = plt.subplots(figsize=(6, 4))
     key = "measured_speedup" if measured else "flops_speedup"
     points = [(r.get(key) or r["flops_speedup"], r["metric"], r["stage"]) for r in rows]
-    for (x, y, label), offset in zip(points, _label_offsets([(x, y) for x, y, _ in points], ax), strict=True):
+    for (x, y, label), offset in zip(points, _label_offsets([(x, y) for x, y, _ in points]), strict=True):
         ax.scatter(x, y)
         ax.annotate(label, (x, y), textcoords="offset points", xytext=offset, fontsize=8)
     ax.axhline(base_metric, color="grey", lw=0.8, ls="--", label="baseline")
@@ -148,7 +148,7 @@ def _plot_pareto(rows: list[dict[str, Any]], base_metric: float, metric: str, pa
     plt.close(fig)
 
 
-def _label_offsets(points: list[tuple[float, float]], ax: Any) -> list[tuple[int, int]]:
+def _label_offsets(points: list[tuple[float, float]]) -> list[tuple[int, int]]:
     """Label offsets (points) that keep neighbours' labels apart: a label whose point sits close to an
     earlier one's (in axis fractions) moves to the next free slot around its point."""
     xs, ys = [p[0] for p in points] or [0.0], [p[1] for p in points] or [0.0]
@@ -231,7 +231,7 @@ def _plot_routes(routes: dict[str, Any], splits: list[str], metric: str, path: P
         ax.scatter(xs, ys, marker=marker, label=split)
         points += list(zip(xs, ys, strict=True))
         labels += [m["name"] for m in routes["models"]]
-    for (x, y), label, offset in zip(points, labels, _label_offsets(points, ax), strict=True):
+    for (x, y), label, offset in zip(points, labels, _label_offsets(points), strict=True):
         ax.annotate(label, (x, y), textcoords="offset points", xytext=offset, fontsize=8)
     ax.set_xlabel(f"measured speed-up over the baseline ({routes['runtime']}, batch {routes['batch_size']})")
     ax.set_ylabel(metric)
