@@ -134,7 +134,8 @@ def _clean_location(root: type[BaseModel], loc: tuple[Any, ...]) -> tuple[tuple[
         field = model.model_fields.get(part) if model is not None and isinstance(part, str) else None
         model = None
         if field is not None:
-            options = get_args(field.annotation)
+            # `X | None` is nullable, not a union: pydantic names no branch for it
+            options = tuple(a for a in get_args(field.annotation) if a is not type(None))
             if len(options) > 1 and i + 1 < len(loc):  # a union: pydantic names the branch next
                 branch = str(loc[i + 1])
                 i += 1

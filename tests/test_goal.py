@@ -188,3 +188,9 @@ def test_the_trivial_routes_are_trained_and_measured_beside_the_result(tiny_reci
     assert "first_k" in markdown and "smaller_model" in markdown and (run / "report" / "routes.png").exists()
     card = (run / "stages" / "01-skip" / "model" / "README.md").read_text()
     assert "## Against the trivial routes" in card and f"{routes['first_k']['test']['accuracy']:.4f}" in card
+
+
+def test_a_bad_goal_key_is_located_inside_the_goal(tiny_recipe):
+    # `goal` is optional (GoalConfig | None): its errors were once reported at `goal`, the key lost
+    with pytest.raises(RecipeError, match=r"goal\.batch_size: Input should be greater than or equal to 1"):
+        load_recipe(tiny_recipe([TEACHER, EXITS], goal={"max_accuracy_drop": 0.01, "batch_size": 0}))
