@@ -205,3 +205,10 @@ def console_script(*args: str, cwd: Path | None = None, env: dict[str, str] | No
     done = subprocess.run([str(Path(sys.executable).with_name("compresskit")), *map(str, args)], cwd=cwd,
                           env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=timeout)
     return CliResult(done.returncode, done.stdout, done.stderr)
+
+
+def single_threaded_after_fork() -> None:
+    """For a test's forked child: a child forked after the parent's OpenMP pool ran with two or more
+    threads crashed (SIGSEGV) or hung in its first parallel region (seen at OMP_NUM_THREADS=2);
+    with one thread it never enters the stale pool."""
+    torch.set_num_threads(1)

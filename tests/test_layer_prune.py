@@ -13,6 +13,7 @@ import pytest
 from compresskit.pipeline import Pipeline
 from compresskit.recipe import load_recipe
 from compresskit.strategies import layer_prune
+from tests.conftest import single_threaded_after_fork
 
 TEACHER = {"strategy": "finetune", "name": "teacher", "epochs": 6, "learning_rate": 2e-3, "batch_size": 8}
 GREEDY = {"strategy": "layer_prune", "name": "prune", "target_layers": 2, "candidate_epochs": 1,
@@ -51,6 +52,7 @@ def test_baselines_drop_the_layers_they_say(tiny_recipe, tmp_path, stage, kept):
 
 
 def search_until_killed(recipe, run_dir):
+    single_threaded_after_fork()
     real = layer_prune.score_candidate
     calls = {"n": 0}
 

@@ -20,6 +20,7 @@ from compresskit.recipe import load_recipe
 from compresskit.registry import strategies
 from compresskit.strategies.finetune import FinetuneStrategy
 from compresskit.training.trainer import TrainingConfig, default_loss, train
+from tests.conftest import single_threaded_after_fork
 
 
 def run(recipe: Path, run_dir: Path, overrides: list[str] | None = None) -> dict:
@@ -125,6 +126,7 @@ class PausingFinetune(FinetuneStrategy):
 
 
 def run_and_pause(recipe: Path, run_dir: Path) -> None:
+    single_threaded_after_fork()
     PausingFinetune.pause_at_step = 5
     run(recipe, run_dir)
 
