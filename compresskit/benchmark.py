@@ -16,11 +16,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from compresskit.data.loading import load_splits, resolve_task
 from compresskit.errors import CompressKitError
 
 Runner = Callable[[dict[str, np.ndarray]], np.ndarray]  # encodings in, layers executed per example out
+Counter = Callable[[dict[str, np.ndarray]], float | None]  # encodings in, FLOPs of that batch out (None: unknown)
 
 
 # DIR:VARIANT -> how an export's graphs run
@@ -31,10 +33,10 @@ EXPORT_VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 
-def load_runner(spec: str, threads: int) -> tuple[Runner, Any, str]:
-    """(run one batch, tokenizer, kind) for a model or export directory; an export's graphs run on
-    `DIR` ONNX Runtime fp32, `DIR:int8` its INT8 graphs, `DIR:openvino` OpenVINO fp32,
-    `DIR:openvino-bf16` OpenVINO bf16."""
+def load_runner(spec: str, threads: int) -> tuple[Runner, Any, str, Counter]:
+    """(run one batch, tokenizer, kind, count a batch's FLOPs) for a model or export directory; an
+    export's graphs run on `DIR` ONNX Runtime fp32, `DIR:int8` its INT8 graphs, `DIR:openvino`
+    OpenVINO fp32, `DIR:openvino-bf16` OpenVINO bf16."""
     path, _, variant = spec.partition(":")
     if not Path(path).is_dir():
         raise CompressKitError(f"benchmark: {path} is not a directory (a model or an export)")
@@ -49,7 +51,7 @@ def load_runner(spec: str, threads: int) -> tuple[Runner, Any, str]:
         kind = f"{model.runtime}-{model.executed_precision}" + ("-int8" if settings.get("quantized") else "")
         if model.executed_precision != model.precision:
             kind += f" ({model.precision} asked; not native here)"
-        return (lambda enc: model.forward(enc).layers_executed), model.tokenizer, kind
+        return (lambda enc: model.forward(enc).layers_executed), model.tokenizer, kind, model.count_flops
     if variant:
         raise CompressKitError(f"benchmark: {spec}: ':{variant}' applies to ONNX exports only")
     from compresskit.modeling.loading import load_model
@@ -61,7 +63,13 @@ def load_runner(spec: str, threads: int) -> tuple[Runner, Any, str]:
     def run(enc):
         return model(**{k: torch.from_numpy(v) for k, v in enc.items()}).layers_executed.numpy()
 
-    return run, tokenizer, "pytorch"
+    def count(enc) -> float:
+        counter = FlopCounterMode(display=False)
+        with counter:
+            run(enc)
+        return float(counter.get_total_flops())
+
+    return run, tokenizer, "pytorch", count
 
 
 def benchmark(paths: list[str], task: str = "rotten_tomatoes", split: str = "test", examples: int = 256,
@@ -86,29 +94,62 @@ def _benchmark(paths: list[str], task: str, split: str, examples: int, batch_siz
     rows = []
     for batch_size in batch_sizes:
         chunks = [texts[i:i + batch_size] for i in range(0, len(texts), batch_size)]
-        encoded = [[_encode(tok, chunk, max_length) for chunk in chunks] for _, tok, _ in runners]
+        encoded = [[_encode(tok, chunk, max_length) for chunk in chunks] for _, tok, _, _ in runners]
         times: list[list[float]] = [[] for _ in runners]
         layers: list[list[float]] = [[] for _ in runners]
-        for m, (run, _, _) in enumerate(runners):
+        for m, (run, *_) in enumerate(runners):
             for enc in encoded[m][:warmup]:
                 run(enc)
         for _ in range(repeats):
             for b in range(len(chunks)):
-                for m, (run, _, _) in enumerate(runners):  # models take turns, batch by batch
+                for m, (run, *_) in enumerate(runners):  # models take turns, batch by batch
                     started = time.perf_counter()
                     executed = run(encoded[m][b])
                     times[m].append(time.perf_counter() - started)
                     layers[m].extend(np.asarray(executed, dtype=float).tolist())
-        for m, (path, (_, _, kind)) in enumerate(zip(paths, runners, strict=True)):
+        for m, (path, (_, _, kind, count)) in enumerate(zip(paths, runners, strict=True)):
             ts = sorted(times[m])
+            flops = _pass_flops(count, encoded[m])  # one untimed pass: counting is no part of the timing
             rows.append({"model": path, "runtime": kind, "isa": instruction_set(kind), "batch_size": batch_size,
                          "median_ms": 1e3 * statistics.median(ts), "p90_ms": 1e3 * ts[int(0.9 * (len(ts) - 1))],
-                         "examples_per_s": len(texts) * repeats / sum(ts), "avg_layers": statistics.fmean(layers[m])})
+                         "examples_per_s": len(texts) * repeats / sum(ts), "avg_layers": statistics.fmean(layers[m]),
+                         "gflops_per_example": None if flops is None else flops / len(texts) / 1e9,
+                         "gflops_per_s": None if flops is None else flops * repeats / sum(ts) / 1e9})
     base = {r["batch_size"]: r["examples_per_s"] for r in rows if r["model"] == paths[0]}
     for r in rows:
         r["speedup_vs_first"] = r["examples_per_s"] / base[r["batch_size"]]
     return {"task": task, "split": split, "examples": len(texts), "max_length": max_length, "threads": threads,
-            "repeats": repeats, "rows": rows}
+            "repeats": repeats, "peak_gflops_per_s": peak_gflops(threads), "rows": rows}
+
+
+def _pass_flops(count: Counter, batches: list[dict[str, np.ndarray]]) -> float | None:
+    counted = [count(enc) for enc in batches]
+    return None if any(c is None for c in counted) else sum(counted)
+
+
+def peak_gflops(threads: int, size: int = 2048, repeats: int = 3) -> dict[str, float | None]:
+    """What this machine's matrix units reach on a large square GEMM (torch, these threads), per
+    precision: the ceiling a row's FLOPs/s is read against (a reference, not a bound: a runtime's
+    own kernels on other shapes may pass it). bf16 only where it is native (an
+    emulated bf16 GEMM would take long to say only that it is slow)."""
+    from compresskit.training.precision import native_bf16
+
+    peaks: dict[str, float | None] = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        if dtype == torch.bfloat16 and not native_bf16(torch.device("cpu")):
+            peaks[name] = None
+            continue
+        a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+        torch.mm(a, b)  # warm-up: the kernel's first call picks and packs
+        best = min(_timed(lambda: torch.mm(a, b)) for _ in range(repeats))  # noqa: B023 (called here)
+        peaks[name] = 2 * size ** 3 / best / 1e9
+    return peaks
+
+
+def _timed(call: Callable[[], Any]) -> float:
+    started = time.perf_counter()
+    call()
+    return time.perf_counter() - started
 
 
 def instruction_set(kind: str) -> str:
@@ -132,10 +173,28 @@ def markdown(result: dict[str, Any]) -> str:
     lines = [f"{result['examples']} examples of {result['task']}/{result['split']}, max length "
              f"{result['max_length']}, {result['threads']} threads, {result['repeats']} passes", "",
              "| model | runtime | instructions | batch | median ms | p90 ms | examples/s | avg layers "
-             "| speed-up vs first |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| GFLOPs/example | GFLOP/s (% of peak) | speed-up vs first |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    peaks = result.get("peak_gflops_per_s") or {}
     for r in result["rows"]:
         lines.append(f"| {r['model']} | {r['runtime']} | {r['isa']} | {r['batch_size']} | {r['median_ms']:.1f} "
-                     f"| {r['p90_ms']:.1f} "
-                     f"| {r['examples_per_s']:.1f} | {r['avg_layers']:.2f} | {r['speedup_vs_first']:.2f}x |")
+                     f"| {r['p90_ms']:.1f} | {r['examples_per_s']:.1f} | {r['avg_layers']:.2f} "
+                     f"| {_number(r.get('gflops_per_example'), '.3f')} | {_rate(r, peaks)} "
+                     f"| {r['speedup_vs_first']:.2f}x |")
+    known = ", ".join(f"{k} {v:.0f}" for k, v in peaks.items() if v)
+    if known:
+        lines += ["", f"Peak: a 2048x2048 GEMM in torch on these threads reaches {known} GFLOP/s; a row is read "
+                      "against its precision's (INT8 rows against fp32's)."]
     return "\n".join(lines)
+
+
+def _number(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _rate(row: dict[str, Any], peaks: dict[str, float | None]) -> str:
+    rate = row.get("gflops_per_s")
+    if rate is None:
+        return "-"
+    peak = peaks.get("bf16" if "bf16" in row["runtime"].split(" ")[0] else "fp32")
+    return f"{rate:.1f}" + (f" ({100 * rate / peak:.0f}%)" if peak else "")

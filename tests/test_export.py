@@ -411,6 +411,9 @@ def test_benchmark_runs_models_and_exports_side_by_side(tiny_model_dir, tiny_tas
                                                "openvino-fp32", bf16_row)]
     assert {r["isa"] for r in rows if r["runtime"] == "pytorch"} == {torch.backends.cpu.get_cpu_capability()}
     assert "| instructions |" in markdown(result)
+    # FLOPs/s per row, against the machine's measured GEMM peak (graph_flops.py counts the exports)
+    assert all(r["gflops_per_example"] > 0 and r["gflops_per_s"] > 0 for r in rows)
+    assert result["peak_gflops_per_s"]["fp32"] > 0 and "% of peak" in markdown(result)
     assert all(r["median_ms"] > 0 and r["p90_ms"] >= r["median_ms"] and r["examples_per_s"] > 0 for r in rows)
     by_model = {(r["model"], r["batch_size"]): r for r in rows}
     assert by_model[(str(tiny_model_dir), 4)]["avg_layers"] == 4.0

@@ -1,37 +1,61 @@
-"""FLOPs counted from the executed operations agree with the transformer's analytic count."""
+"""FLOPs counted from an export's ONNX graphs (what `benchmark` divides by time): the same matrix
+products the PyTorch model runs, skipped layers included."""
 
 from __future__ import annotations
 
-import datasets
+import onnx
 import pytest
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
-from compresskit.evaluation.flops import flops_per_example
+from compresskit.export import OnnxClassifier, export_model
 from tests.conftest import make_tokenizer
-from tests.test_modeling import compressed
+from tests.test_export import feeds, model_of
+from tests.test_modeling import inputs
+
+SHAPES = [
+    pytest.param("bert", dict(), id="bert-static"),
+    pytest.param("deberta-v2", dict(), id="deberta-v2-static"),
+    pytest.param("bert", dict(gates=True), id="bert-gated"),
+    pytest.param("mpnet", dict(exits="entropy"), id="mpnet-exits"),
+    pytest.param("roberta", dict(gates=True, exits="patience_confidence"), id="roberta-gated+exits"),
+]
 
 
-def analytic(layers: list[dict], tokens: int, hidden: int, head_size: int, labels: int) -> float:
-    """Multiply-adds x 2 of one example's forward pass (nanoGPT-style, per matmul), layer by layer:
-    Q, K, V and the output projection (heads x head size wide), scores and their weighted sum, the FFN;
-    then the pooler and the classifier on one token."""
-    total = 0.0
-    for layer in layers:
-        width = len(layer["heads"]) * head_size
-        total += 2 * tokens * hidden * width * 3 + 2 * tokens * width * hidden  # Q, K, V, output
-        total += 2 * tokens * tokens * width * 2  # q.k and attention x V
-        total += 2 * tokens * hidden * layer["intermediate_size"] * 2  # FFN in and out
-    return total + 2 * hidden * hidden + 2 * hidden * labels
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    return make_tokenizer(tmp_path_factory.mktemp("tokenizer"))
 
 
-@pytest.mark.parametrize("tokens", [5, 9])
-def test_counted_flops_equal_the_analytic_count_of_a_pruned_static_model(tmp_path, tokens):
-    model = compressed("bert")  # layers of 2, 3 and 4 heads and FFN widths 16, 64, 40
-    tokenizer = make_tokenizer(tmp_path)
-    ids = torch.randint(5, 20, (4, tokens))
-    rows = datasets.Dataset.from_dict({"input_ids": ids.tolist(), "attention_mask": [[1] * tokens] * 4,
-                                       "labels": [0, 1, 0, 1]})
-    config = model.config.backbone
-    expected = analytic(model.config.layers, tokens, config["hidden_size"],
-                        config["hidden_size"] // config["num_attention_heads"], 2)
-    assert flops_per_example(model, rows, tokenizer, batch_size=2) == pytest.approx(expected, rel=1e-9)
+def torch_flops(model, batch) -> float:
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(**batch)
+    return float(counter.get_total_flops())
+
+
+@pytest.mark.parametrize("backbone, shape", SHAPES)
+def test_export_flops_are_the_pytorch_models(backbone, shape, tokenizer, tmp_path):
+    model = model_of(backbone, shape)
+    export_model(model, tokenizer, tmp_path / "onnx", quantize="int8")
+    for quantized in (False, True):  # INT8 graphs multiply the same shapes (MatMulInteger)
+        runtime = OnnxClassifier(tmp_path / "onnx", quantized=quantized)
+        for size, seed in ((12, 3), (1, 4)):  # one example: counted on the routes of the one-call graph
+            batch = {k: v for k, v in inputs(batch=size, seed=seed).items() if k in runtime.inputs}
+            counted, expected = runtime.count_flops(feeds(batch, runtime)), torch_flops(model, batch)
+            if shape.get("gates"):
+                # each layer's graph also scores every later gate and the head on its output, for the
+                # routing of the next layers: more than PyTorch, which scores a gate when it reaches it
+                assert expected < counted < 1.4 * expected
+            else:  # skipped work (exited rows) is not counted, just as in PyTorch
+                assert counted == expected
+
+
+def test_a_graph_of_unknown_axes_is_not_counted(tokenizer, tmp_path):
+    export_model(model_of("bert", {}), tokenizer, tmp_path / "onnx")
+    graph = onnx.load(str(tmp_path / "onnx" / "model.onnx"))
+    graph.graph.input[0].type.tensor_type.shape.dim[1].dim_param = "words"  # an axis of no known meaning
+    onnx.save(graph, str(tmp_path / "onnx" / "model.onnx"))
+    runtime = OnnxClassifier(tmp_path / "onnx")
+    batch = {k: v for k, v in inputs(batch=2, seed=0).items() if k in runtime.inputs}
+    assert runtime.count_flops(feeds(batch, runtime)) is None  # no number rather than a wrong one

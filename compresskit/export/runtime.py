@@ -25,6 +25,7 @@ import torch
 
 from compresskit.errors import CompressKitError
 from compresskit.export.engines import Engine, EnginePrecision, OpenVinoGraph, OrtGraph, load_graph
+from compresskit.export.graph_flops import graph_flops
 from compresskit.modeling.routing import gate_opens, plan, route
 
 log = logging.getLogger(__name__)
@@ -85,6 +86,7 @@ class OnnxClassifier:
                         self.directory)
             self._one_call = ""
         self._tokenizer = None
+        self._counted: float | None = None  # FLOPs of the graphs run since count_flops began (nan: uncountable)
         self.num_labels = max(1, len(self._config.get("id2label") or {}))
 
     @property
@@ -104,8 +106,25 @@ class OnnxClassifier:
         """The graph's outputs by name; feeds it does not take (or None) are left out (the exporter
         drops inputs a graph does not use, e.g. the mask of a [CLS]-pooling head)."""
         used = self._inputs[name]
-        values = self._sessions[name].run({k: v for k, v in feeds.items() if k in used and v is not None})
+        feeds = {k: v for k, v in feeds.items() if k in used and v is not None}
+        if self._counted is not None:
+            file = self.directory / f"{name}{self.suffix}.onnx"
+            flops = graph_flops(file, file.stat().st_mtime)(feeds)
+            self._counted += float("nan") if flops is None else flops
+        values = self._sessions[name].run(feeds)
         return dict(zip(self._outputs[name], values, strict=True))
+
+    def count_flops(self, encodings: dict[str, np.ndarray]) -> float | None:
+        """FLOPs of the matrix products the graphs run on this batch (graph_flops.py; None: not
+        countable). A lone example is counted through the per-layer graphs, which route it the
+        same way as the one-call graph does (the export check compares them)."""
+        kept, self._one_call, self._counted = self._one_call, "", 0.0
+        try:
+            self.forward(encodings)
+            counted = self._counted
+        finally:
+            self._one_call, self._counted = kept, None
+        return None if np.isnan(counted) else counted
 
     def _load_exit_rule(self):
         """The rule's decision half (its knob and state); its score is computed inside the graphs."""
