@@ -40,6 +40,7 @@ from accelerate.utils import set_seed
 from transformers import AutoTokenizer
 
 from compresskit import hardware
+from compresskit.data.batches import length_grouping
 from compresskit.data.loading import load_splits, resolve_task
 from compresskit.errors import CompressKitError
 from compresskit.files import DirectoryLock, verify_checksums, write_checksums, write_json
@@ -252,7 +253,7 @@ class Pipeline:
                 log.warning("stage %r: this device has no native bf16 (%s): bf16 is emulated and far slower "
                             "than fp32; use precision: auto (or fp32) on this machine", stage.name,
                             "/".join(precision.NATIVE_BF16_FLAGS) + " on CPU")
-        with precision.training_precision(trains_in):
+        with precision.training_precision(trains_in), length_grouping(self.recipe.data.group_by_length):
             state = strategy.apply(self._train_subset(state, stage.max_train_samples), ctx)
         state.model.to(self.dist.device)  # a model a stage built anew starts on the host
         if state.raw is not full_raw:  # later stages and evaluation see every row again

@@ -36,6 +36,8 @@ class DataConfig(BaseModel):
     max_length: int = Field(128, ge=8, le=4096, description="tokens per example (longer are truncated)")
     max_train_samples: int | None = Field(None, ge=1, description="shrink the train split (quick runs)")
     max_eval_samples: int | None = Field(None, ge=1, description="shrink every evaluation split")
+    group_by_length: bool = Field(False, description="train on batches of rows of similar length (shuffled): "
+                                  "less padding, faster steps on short texts")
 
 
 class EvaluationConfig(BaseModel):

@@ -59,3 +59,12 @@ def test_evaluate_is_deterministic(cli, tiny_encoder_dir, tiny_task_file):
     assert json.loads(first.stdout) == json.loads(second.stdout)
     other_seed = cli(*args, "--seed", "1")
     assert other_seed.code == 0 and json.loads(other_seed.stdout)["examples"] == 32
+
+
+def test_length_grouped_training_is_reproducible_and_really_grouped(tiny_recipe, tiny_encoder_dir, tmp_path):
+    grouped = tiny_recipe(STAGES[:1], model=str(tiny_encoder_dir), data={"max_length": 16, "group_by_length": True})
+    first, second = run(grouped, tmp_path / "a"), run(grouped, tmp_path / "b")
+    assert without_timings(first) == without_timings(second)
+    assert weights(tmp_path / "a") == weights(tmp_path / "b")
+    run(tiny_recipe(STAGES[:1], model=str(tiny_encoder_dir)), tmp_path / "random")
+    assert weights(tmp_path / "random") != weights(tmp_path / "a")  # other batches: other weights

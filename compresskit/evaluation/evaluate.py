@@ -18,8 +18,11 @@ from compresskit.evaluation.metrics import compute_metrics
 @torch.no_grad()
 def predict(model: torch.nn.Module, dataset: Any, tokenizer: PreTrainedTokenizerBase, batch_size: int = 64,
             accelerator: Accelerator | None = None, desc: str = "evaluate") -> dict[str, np.ndarray]:
-    """Logits, labels and layers executed per example (gathered across processes)."""
-    data = loader(dataset, tokenizer, batch_size)
+    """Logits, labels and layers executed per example (gathered across processes), in the
+    dataset's order. The rows are read sorted by length: a batch of similar lengths is little
+    padding (on short texts half the tokens of a batch in the dataset's order are padding)."""
+    order = np.argsort([len(ids) for ids in dataset["input_ids"]], kind="stable")
+    data = loader(dataset.select(order), tokenizer, batch_size)
     if accelerator is not None:
         data = accelerator.prepare(data)
     was_training = model.training
@@ -37,8 +40,9 @@ def predict(model: torch.nn.Module, dataset: Any, tokenizer: PreTrainedTokenizer
         for store, value in zip((logits, labels, layers), batch_out, strict=True):
             store.append(value.cpu())
     model.train(was_training)
-    return {"logits": torch.cat(logits).numpy(), "labels": torch.cat(labels).numpy(),
-            "layers_executed": torch.cat(layers).numpy()}
+    back = np.argsort(order, kind="stable")  # sorted position of each row
+    return {"logits": torch.cat(logits).numpy()[back], "labels": torch.cat(labels).numpy()[back],
+            "layers_executed": torch.cat(layers).numpy()[back]}
 
 
 def evaluate(model: torch.nn.Module, dataset: Any, task: TaskSpec, tokenizer: PreTrainedTokenizerBase,

@@ -8,7 +8,7 @@ from typing import Any, Literal
 import torch
 from pydantic import Field, model_validator
 
-from compresskit.data.batches import loader, model_inputs
+from compresskit.data.batches import by_length, loader, model_inputs
 from compresskit.errors import CompressKitError
 from compresskit.export import OnnxClassifier, export_model
 from compresskit.export.agreement import Agreement, agreement, agreement_one_at_a_time
@@ -128,7 +128,7 @@ def compare(model: torch.nn.Module, runtime: OnnxClassifier, dataset: Any, token
     model.eval()
     tolerance = atol if atol is not None else 0.0
     batched, alone = Agreement(), Agreement()
-    for batch in loader(dataset, tokenizer, 64):
+    for batch in loader(by_length(dataset), tokenizer, 64):
         inputs = model_inputs(batch)
         batched.add(agreement(model, runtime, inputs, tolerance, labels=batch["labels"]))
         if one_at_a_time and runtime.manifest["kind"] == "dynamic":
