@@ -25,6 +25,7 @@ from compresskit.modeling.model import CompressedModelForSequenceClassification
 from compresskit.modeling.surgery import select_layers
 from compresskit.registry import StageConfig, Strategy, register_strategy
 from compresskit.stage import ModelShape, PipelineState, PlanContext, StageContext
+from compresskit.training import precision
 from compresskit.training.augment import WordNeighbours, augment_dataset
 from compresskit.training.collate import TEACHER_PREFIX, TeacherStudentCollator
 from compresskit.training.distillation import attention_mse, soft_cross_entropy, token_mse
@@ -297,8 +298,10 @@ def _with_teacher_logits(train_set: datasets.Dataset, teacher, tokenizer, collat
     order = sorted(range(len(train_set)), key=lengths.__getitem__)
     logits = []
     batches = loader(train_set.select(order), tokenizer, 64, collate_fn=collate)
+    device = next(teacher.parameters()).device
     for batch in tqdm(batches, desc="teacher logits", total=len(batches)):
-        logits.append(teacher(**_teacher_inputs(batch)).logits.float())
+        with precision.targets_autocast(device):
+            logits.append(teacher(**_teacher_inputs(batch)).logits.float())
     by_length = torch.cat(logits)
     in_order = torch.empty_like(by_length)
     in_order[torch.tensor(order, device=by_length.device)] = by_length
