@@ -52,7 +52,7 @@ def loader(dataset: Any, tokenizer: PreTrainedTokenizerBase, batch_size: int, sh
 
 def by_length(dataset: Any) -> Any:
     """The rows sorted by length (stable): batches read in this order are little padding, for the
-    loops whose result does not depend on the order (evaluation, export checks, calibration)."""
+    loops whose result does not depend on the order (export checks)."""
     return dataset.select(sorted(range(len(dataset)), key=[len(ids) for ids in dataset["input_ids"]].__getitem__))
 
 

@@ -16,7 +16,7 @@ import datasets
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from compresskit.data.batches import by_length, loader, model_inputs
+from compresskit.data.batches import loader, model_inputs
 from compresskit.data.tasks import TaskSpec
 from compresskit.errors import CompressKitError
 from compresskit.evaluation.metrics import compute_metrics
@@ -56,7 +56,7 @@ def all_exit_logits(model: CompressedModelForSequenceClassification, dataset: da
     replays (a few tensor ops per candidate) and the metrics run."""
     model.eval()
     logits, states, labels = [], [], []
-    for batch in loader(by_length(dataset), tokenizer, 64):  # examples in length order, labels with them
+    for batch in loader(dataset, tokenizer, 64):
         out = model(**model_inputs(batch), dynamic=False,
                     output_hidden_states=True)
         layers = sorted(out.exit_logits) + [model.num_layers - 1]
