@@ -10,16 +10,13 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from compresskit.export import OnnxClassifier, export_model
 from tests.conftest import make_tokenizer
+from tests.test_export import SHAPES as EXPORT_SHAPES
 from tests.test_export import feeds, model_of
 from tests.test_modeling import inputs
 
-SHAPES = [
-    pytest.param("bert", dict(), id="bert-static"),
-    pytest.param("deberta-v2", dict(), id="deberta-v2-static"),
-    pytest.param("bert", dict(gates=True), id="bert-gated"),
-    pytest.param("mpnet", dict(exits="entropy"), id="mpnet-exits"),
-    pytest.param("roberta", dict(gates=True, exits="patience_confidence"), id="roberta-gated+exits"),
-]
+# one of each export kind (static, DeBERTa's relative attention, gated, exits, both), from the export tests
+SHAPES = [p for p in EXPORT_SHAPES if p.id in {"bert-static", "deberta-v2-static", "bert-gated", "mpnet-exits",
+                                                "roberta-gated+exits"}]
 
 
 @pytest.fixture(scope="module")
