@@ -87,7 +87,7 @@ class OnnxClassifier:
             self._one_call = ""
         self._tokenizer = None
         self._counted: float | None = None  # FLOPs of the graphs run since count_flops began (nan: uncountable)
-        self.num_labels = max(1, len(self._config.get("id2label") or {}))
+        self.num_labels = len(self.labels)
 
     @property
     def executed_precision(self) -> str:
@@ -185,8 +185,9 @@ class OnnxClassifier:
 
     @property
     def labels(self) -> list[str]:
-        id2label = self._config.get("id2label") or {}
-        return [id2label.get(str(i), str(i)) for i in range(len(id2label))] or ["0", "1"]
+        # transformers leaves the default two labels out of config.json, and names them LABEL_i
+        id2label = self._config.get("id2label") or {"0": "LABEL_0", "1": "LABEL_1"}
+        return [id2label.get(str(i), str(i)) for i in range(len(id2label))]
 
     def predict(self, texts: list[str] | list[tuple[str, str]], batch_size: int = 32, max_length: int = 128
                 ) -> list[dict[str, Any]]:

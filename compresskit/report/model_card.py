@@ -53,8 +53,12 @@ def model_card(report: dict[str, Any], recipe: dict[str, Any], environment: dict
                   'model = AutoModelForSequenceClassification.from_pretrained("PATH")',
                   'tokenizer = AutoTokenizer.from_pretrained("PATH")']
     else:
-        lines += ["from compresskit.export import OnnxClassifier", "",
-                  'classifier = OnnxClassifier("PATH")  # ONNX Runtime; dynamic models keep their routing']
+        lines += ["from compresskit.export import ExportedModelForSequenceClassification",
+                  "from transformers import AutoTokenizer, pipeline", "",
+                  "# ONNX Runtime (runtime=\"openvino\" also); dynamic models keep their routing per example",
+                  'model = ExportedModelForSequenceClassification.from_pretrained("PATH")',
+                  'tokenizer = AutoTokenizer.from_pretrained("PATH")',
+                  'classify = pipeline("text-classification", model=model, tokenizer=tokenizer)']
     lines += ["```", "", "## Recipe", "", "```yaml", yaml.safe_dump(recipe, sort_keys=False).strip(), "```", "",
               "## Packages", "", ", ".join(f"{k} {v}" for k, v in sorted(environment.get("packages", {}).items())),
               ""]
