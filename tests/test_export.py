@@ -491,3 +491,23 @@ def test_validate_refuses_a_serving_runtime_that_cannot_serve(cli, tiny_recipe, 
     model = make_model_dir(tmp_path / "deberta", backbone="deberta-v2")
     recipe = tiny_recipe([{"strategy": "export", "name": "onnx", **stage}], model=str(model))
     expect_2(cli("validate", recipe), message)
+
+
+def test_openvino_runs_the_static_int8_graphs_as_onnx_runtime_does(tiny_recipe, tmp_path):
+    """OpenVINO reads the QDQ pairs of a static INT8 export as its own INT8 (no second quantizer)."""
+    from compresskit.pipeline import Pipeline
+    from compresskit.recipe import load_recipe
+
+    recipe = tiny_recipe([{"strategy": "finetune", "name": "teacher", "epochs": 6, "learning_rate": 2e-3,
+                           "batch_size": 8},
+                          {"strategy": "export", "name": "onnx", "quantize": "int8-static", "calibration_rows": 32,
+                           "runtime": "openvino"}])
+    report = Pipeline(load_recipe(recipe), tmp_path / "run").run()
+    info = report["stages"][1]["info"]
+    # the stage measured both runtimes on the INT8 graphs against PyTorch
+    assert info["validation_openvino_int8"]["prediction_agreement"] >= 0.95
+    directory = tmp_path / "run" / "stages" / "01-onnx" / "onnx"
+    batch = {k: v.numpy() for k, v in inputs(batch=16, seed=4).items()}
+    ort = OnnxClassifier(directory, quantized=True).forward(batch).logits
+    ov = OnnxClassifier(directory, quantized=True, runtime="openvino").forward(batch).logits
+    np.testing.assert_allclose(ov, ort, atol=1e-2)  # the same quantized arithmetic, up to rounding

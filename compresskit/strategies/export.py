@@ -112,6 +112,10 @@ class ExportStrategy(Strategy[ExportConfig]):
         if cfg.quantize:  # INT8 changes the numbers on purpose: measured and reported, not held to atol
             info[f"{split}_int8"] = compare(model, OnnxClassifier(target, quantized=True), state.data[split],
                                             state.tokenizer, atol=None, one_at_a_time=False)
+            if cfg.runtime == "openvino":  # OpenVINO reads the QDQ pairs of int8-static as its own INT8
+                info[f"{split}_openvino_int8"] = compare(
+                    model, OnnxClassifier(target, quantized=True, runtime="openvino"), state.data[split],
+                    state.tokenizer, atol=None, one_at_a_time=False)
         state.info = info
         return state
 
