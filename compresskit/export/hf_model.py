@@ -87,8 +87,8 @@ class ExportedModelForSequenceClassification(PreTrainedModel):
     def to(self, *args: Any, **kwargs: Any) -> ExportedModelForSequenceClassification:
         target = args[0] if args else kwargs.get("device", "cpu")
         if isinstance(target, torch.dtype) or torch.device(target).type != "cpu":
-            raise CompressKitError(f"an exported model runs on the CPU in fp32 graphs; it cannot move to {target} "
-                                   "(export with another precision, or load the PyTorch model for that)")
+            raise CompressKitError(f"an exported model runs on the CPU; it cannot move to {target} (for bf16 load it "
+                                   "with runtime='openvino', precision='bf16'; for a GPU use the PyTorch model)")
         return self
 
     def save_pretrained(self, save_directory: str | Path, **unused: Any) -> None:
