@@ -36,7 +36,7 @@ EXPORT_VARIANTS: dict[str, dict[str, Any]] = {
 def load_runner(spec: str, threads: int) -> tuple[Runner, Any, str, Counter]:
     """(run one batch, tokenizer, kind, count a batch's FLOPs) for a model or export directory; an
     export's graphs run on `DIR` ONNX Runtime fp32, `DIR:int8` its INT8 graphs, `DIR:openvino`
-    OpenVINO fp32, `DIR:openvino-bf16` OpenVINO bf16."""
+    OpenVINO fp32, `DIR:openvino-bf16` OpenVINO bf16, `DIR:openvino-int8` OpenVINO on the INT8 graphs."""
     path, _, variant = spec.partition(":")
     if not Path(path).is_dir():
         raise CompressKitError(f"benchmark: {path} is not a directory (a model or an export)")

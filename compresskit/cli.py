@@ -291,8 +291,8 @@ def benchmark(paths: tuple[str, ...], task: str, split: str, examples: int, batc
               repeats: int, threads: int | None, output: str | None) -> None:
     """Latency (median, p90) and throughput of models and exports side by side.
 
-    An export runs on ONNX Runtime fp32; DIR:int8 its INT8 graphs, DIR:openvino and
-    DIR:openvino-bf16 on OpenVINO."""
+    An export runs on ONNX Runtime fp32; DIR:int8 its INT8 graphs; DIR:openvino,
+    DIR:openvino-bf16 and DIR:openvino-int8 (its INT8 graphs) on OpenVINO."""
     from compresskit.benchmark import benchmark as run_benchmark
     from compresskit.benchmark import markdown
 
