@@ -106,19 +106,32 @@ def split_heldout(train: datasets.Dataset, cfg: GoalConfig, seed: int) -> tuple[
 def ms_per_example(model: torch.nn.Module, dataset: datasets.Dataset, tokenizer: PreTrainedTokenizerBase,
                    batch_size: int, examples: int, rounds: int) -> float:
     """Median over `rounds` timed passes (after one warm-up) of inference milliseconds per example."""
-    rows = dataset.select(range(min(examples, len(dataset))))
-    batches = [model_inputs(b) for b in loader(rows, tokenizer, batch_size)]
-    was_training = model.training
-    model.eval()
-    times = []
+    return side_by_side([(model, dataset, tokenizer)], batch_size, examples, rounds)[0]
+
+
+@torch.no_grad()
+def side_by_side(runs: list[tuple[torch.nn.Module, datasets.Dataset, PreTrainedTokenizerBase]], batch_size: int,
+                 examples: int, rounds: int) -> list[float]:
+    """Median milliseconds per example of each (model, its rows, its tokenizer), the models taking turns
+    pass by pass (one warm-up pass each first), so load that changes meanwhile reaches them alike."""
+    prepared = []
+    for model, dataset, tokenizer in runs:
+        rows = dataset.select(range(min(examples, len(dataset))))
+        prepared.append((model, [model_inputs(b) for b in loader(rows, tokenizer, batch_size)], len(rows)))
+    modes = [model.training for model, _, _ in prepared]
+    for model, _, _ in prepared:
+        model.eval()
+    times: list[list[float]] = [[] for _ in prepared]
     for i in range(rounds + 1):
-        started = time.perf_counter()
-        for batch in batches:
-            model(**batch)
-        if i:  # the first pass warms caches and allocators
-            times.append(time.perf_counter() - started)
-    model.train(was_training)
-    return 1000 * statistics.median(times) / len(rows)
+        for (model, batches, _), kept in zip(prepared, times, strict=True):
+            started = time.perf_counter()
+            for batch in batches:
+                model(**batch)
+            if i:  # the first pass warms caches and allocators
+                kept.append(time.perf_counter() - started)
+    for (model, _, _), mode in zip(prepared, modes, strict=True):
+        model.train(mode)
+    return [1000 * statistics.median(kept) / count for kept, (_, _, count) in zip(times, prepared, strict=True)]
 
 
 @dataclass
@@ -129,6 +142,9 @@ class GoalTarget:
     task: TaskSpec
     baseline_score: float
     baseline_ms: float | None  # measured only for a speed goal
+    # the baseline's (model, held-out rows, tokenizer), to time it beside each candidate: a ratio of two
+    # measurements taken minutes apart on a shared machine is skewed by whatever ran in between
+    baseline_run: Callable[[], tuple[torch.nn.Module, datasets.Dataset, PreTrainedTokenizerBase]] | None = None
 
     @property
     def metric(self) -> str:
@@ -151,6 +167,10 @@ class GoalTarget:
         if not self.config.wants_speed:
             return {}
         cfg = self.config
+        if self.baseline_run is not None:
+            base, ms = side_by_side([self.baseline_run(), (model, heldout, tokenizer)], cfg.batch_size,
+                                    cfg.timing_examples, cfg.timing_rounds)
+            return {"ms_per_example": ms, "baseline_ms_per_example": base, "speedup": base / ms}
         ms = ms_per_example(model, heldout, tokenizer, cfg.batch_size, cfg.timing_examples, cfg.timing_rounds)
         return {"ms_per_example": ms, "speedup": self.baseline_ms / ms}
 
@@ -210,10 +230,10 @@ def recheck_speed(cfg: GoalConfig, split: str, baseline: Callable[[], Any], fina
     """The speed bound re-measured on `split`: the baseline's and the final model's states (loaded by the
     callables), timed as the goal times its candidates."""
     out: dict[str, Any] = {"split": split, "runtime": cfg.runtime, "batch_size": cfg.batch_size}
-    for key, load in (("baseline_ms_per_example", baseline), ("ms_per_example", final)):
-        state = load()
-        out[key] = ms_per_example(state.model, state.data[split], state.tokenizer, cfg.batch_size,
-                                  cfg.timing_examples, cfg.timing_rounds)
+    states = [load() for load in (baseline, final)]
+    out["baseline_ms_per_example"], out["ms_per_example"] = side_by_side(
+        [(state.model, state.data[split], state.tokenizer) for state in states], cfg.batch_size,
+        cfg.timing_examples, cfg.timing_rounds)
     return out
 
 

@@ -194,3 +194,34 @@ def test_a_bad_goal_key_is_located_inside_the_goal(tiny_recipe):
     # `goal` is optional (GoalConfig | None): its errors were once reported at `goal`, the key lost
     with pytest.raises(RecipeError, match=r"goal\.batch_size: Input should be greater than or equal to 1"):
         load_recipe(tiny_recipe([TEACHER, EXITS], goal={"max_accuracy_drop": 0.01, "batch_size": 0}))
+
+
+def test_a_speed_goal_times_the_baseline_beside_each_candidate_taking_turns(monkeypatch):
+    """A ratio of two clocks read minutes apart on a shared machine is skewed by whatever ran between."""
+    import compresskit.goal as goal_module
+
+    calls = []
+
+    class Recorder:  # a model that records its calls (one per batch)
+        def __init__(self, name):
+            self.name, self.training = name, False
+
+        def eval(self):
+            return self
+
+        def train(self, mode=True):
+            return self
+
+        def __call__(self, **batch):
+            calls.append(self.name)
+
+    monkeypatch.setattr(goal_module, "loader", lambda rows, tokenizer, batch_size: [{"input_ids": None}])
+    monkeypatch.setattr(goal_module, "model_inputs", lambda batch: {})
+    rows = type("Rows", (), {"select": lambda self, index: list(index), "__len__": lambda self: 8})()
+    loaded = []
+    goal = GoalTarget(GoalConfig(min_speedup=2, timing_rounds=3), TASK, 0.9, 1000.0,
+                      baseline_run=lambda: loaded.append(1) or (Recorder("baseline"), rows, None))
+    point = goal.timing(Recorder("candidate"), rows, None)
+    assert calls == ["baseline", "candidate"] * 4  # a warm-up pass each, then three timed rounds in turn
+    assert point["speedup"] == pytest.approx(point["baseline_ms_per_example"] / point["ms_per_example"])
+    assert loaded == [1]  # the stale one-off baseline time (1000 ms) is not used
