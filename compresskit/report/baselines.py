@@ -27,7 +27,7 @@ from accelerate.utils import set_seed
 from pydantic import Field
 
 from compresskit.files import write_json
-from compresskit.goal import ms_per_example
+from compresskit.goal import side_by_side
 from compresskit.modeling.loading import load_model
 from compresskit.modeling.surgery import select_layers
 from compresskit.rundir import fingerprint, input_digest
@@ -101,12 +101,10 @@ def _write_whole(directory: Path, state: PipelineState, result: dict[str, Any]) 
 
 def compare_routes(cfg: ReportConfig, report: dict[str, Any], routes: list[dict[str, Any]],
                    loaders: dict[str, Callable[[], PipelineState]], split: str) -> dict[str, Any]:
-    """Baseline, result and trivial routes, each timed (loaded by `loaders[name]`) one after another here."""
-    ms = {}
-    for name, load in loaders.items():
-        state = load()
-        ms[name] = ms_per_example(state.model, state.data[split], state.tokenizer, cfg.speed_batch_size,
-                                  cfg.timing_examples, 3)
+    """Baseline, result and trivial routes (loaded by `loaders[name]`), timed here taking turns pass by pass."""
+    states = {name: load() for name, load in loaders.items()}
+    ms = dict(zip(states, side_by_side([(st.model, st.data[split], st.tokenizer) for st in states.values()],
+                                       cfg.speed_batch_size, cfg.timing_examples, 3), strict=True))
     models = [{"name": "baseline", "description": f"the baseline ({report['baseline']['stage']})",
                **report["baseline"]},
               {"name": "final", "description": f"the result ({report['final']['stage']})", **report["final"]},
