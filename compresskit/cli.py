@@ -219,7 +219,8 @@ def evaluate(model: str, task_name: str, split: str, max_samples: int | None, ma
 @click.argument("model")
 @click.option("--output", "-o", required=True, type=click.Path(file_okay=False), help="Export directory.")
 @click.option("--quantize", type=click.Choice(["int8", "int8-static"]), default=None,
-              help="Also write INT8 graphs: dynamic (ORTQuantizer) or static QDQ calibrated on --task's training rows.")
+              help="Also write INT8 graphs: dynamic (ORTQuantizer) or static QDQ calibrated on --task's training "
+                   "rows (a dynamic model's layers on the rows its routing sends them).")
 @click.option("--task", default="rotten_tomatoes", show_default=True,
               help="Task (name or file) whose training rows calibrate int8-static.")
 @click.option("--calibration-rows", type=click.IntRange(min=1), default=256, show_default=True)

@@ -312,20 +312,70 @@ def test_static_int8_is_calibrated_qdq_and_stays_close_on_a_trained_model(tiny_r
     assert int8["prediction_agreement"] >= 0.95 and abs(int8["onnx_accuracy"] - fp32["onnx_accuracy"]) <= 0.05
 
 
-def test_static_int8_of_a_dynamic_model_is_refused_before_anything_runs(tiny_recipe, tokenizer, tmp_path):
-    from compresskit.errors import RecipeError
+def test_static_int8_of_a_hadskip_model_is_calibrated_on_its_routes_and_stays_close(tiny_recipe, tmp_path):
+    # a trained gated model: each layer graph gets QDQ ranges from the rows the routing sends it
+    from compresskit.pipeline import Pipeline
     from compresskit.recipe import load_recipe
 
-    recipe = tiny_recipe([{"strategy": "finetune", "name": "teacher", "epochs": 1},
+    recipe = tiny_recipe([{"strategy": "finetune", "name": "teacher", "epochs": 6, "learning_rate": 2e-3,
+                           "batch_size": 8},
                           {"strategy": "hadskip", "name": "skip", "budget": 2},
-                          {"strategy": "export", "quantize": "int8-static"}])
-    from compresskit.preflight import check_inputs
+                          {"strategy": "export", "name": "onnx", "quantize": "int8-static", "calibration_rows": 32,
+                           "runtime": "openvino"}])
+    report = Pipeline(load_recipe(recipe), tmp_path / "run").run()
+    info = report["stages"][2]["info"]
+    quantized = info["manifest"]["quantized"]
+    assert "static" in quantized["scheme"] and quantized["one_call"] is False
+    directory = tmp_path / "run" / "stages" / "02-onnx" / "onnx"
+    for graph in info["manifest"]["graphs"]:
+        if graph.startswith("layer_") and graph not in quantized["fp32_graphs"]:
+            ops = {node.op_type for node in onnx.load(directory / graph.replace(".onnx", "_quantized.onnx")).graph.node}
+            assert {"QuantizeLinear", "DequantizeLinear"} <= ops and "DynamicQuantizeLinear" not in ops
+    assert not (directory / "one_call_quantized.onnx").exists()
+    fp32, int8 = info["validation"], info["validation_int8"]
+    assert fp32["pytorch_accuracy"] >= 0.8
+    assert int8["prediction_agreement"] >= 0.9 and abs(int8["onnx_accuracy"] - fp32["onnx_accuracy"]) <= 0.1
+    assert info["validation_openvino_int8"]["prediction_agreement"] >= 0.9  # OpenVINO reads the same QDQ pairs
+    # lone examples take the INT8 per-layer graphs: the same answers as inside a batch
+    runtime = OnnxClassifier(directory, quantized=True)
+    batch = {k: v.numpy() for k, v in inputs(batch=8, seed=5).items()}
+    together = runtime.forward(batch)
+    assert len(set(together.layers_executed.tolist())) > 1  # the batch really split into depths
+    for row in range(8):
+        alone = runtime.forward({k: v[row:row + 1, :int(batch["attention_mask"][row].sum())] for k, v in batch.items()})
+        np.testing.assert_array_equal(alone.layer_mask[0], together.layer_mask[row])
+        np.testing.assert_allclose(alone.logits[0], together.logits[row], atol=1e-2)
 
-    with pytest.raises(RecipeError, match=r"stages\[2\].quantize: int8-static .* use quantize: int8"):
-        check_inputs(load_recipe(recipe))
-    with pytest.raises(CompressKitError, match="dynamic"):
-        export_model(model_of("bert", dict(gates=True)), tokenizer, tmp_path / "onnx", quantize="int8-static",
-                     calibration=[["a b"]])
+
+def test_a_layer_no_calibration_row_reaches_stays_fp32_and_is_named(tokenizer, tmp_path, monkeypatch):
+    from compresskit.export import quantize
+
+    routed = quantize._routed_feeds
+
+    def without_last_layer(*args):
+        feeds = routed(*args)
+        feeds.pop("layer_2.onnx", None)  # as if every calibration row had left before the last layer
+        return feeds
+
+    monkeypatch.setattr(quantize, "_routed_feeds", without_last_layer)
+    words = "the a movie good bad plot actor great dull fun".split()
+    rng = np.random.default_rng(0)
+    rows = [[" ".join(rng.choice(words, rng.integers(2, 12)))] for _ in range(32)]
+    manifest = export_model(model_of("bert", dict(gates=True)), tokenizer, tmp_path / "onnx",
+                            quantize="int8-static", calibration=rows)
+    assert manifest["quantized"]["fp32_graphs"] == ["layer_2.onnx"]
+    last = onnx.load(tmp_path / "onnx" / "layer_2_quantized.onnx")
+    assert "QuantizeLinear" not in {node.op_type for node in last.graph.node}
+    first = onnx.load(tmp_path / "onnx" / "layer_1_quantized.onnx")
+    assert "QuantizeLinear" in {node.op_type for node in first.graph.node}
+    batch = {k: v.numpy() for k, v in inputs(batch=6, seed=3).items()}
+    assert OnnxClassifier(tmp_path / "onnx", quantized=True).forward(batch).logits.shape == (6, 2)
+
+
+def test_static_int8_needs_calibration_rows(tokenizer, tmp_path):
+    with pytest.raises(CompressKitError, match="calibration rows"):
+        export_model(model_of("bert", dict()), tokenizer, tmp_path / "onnx", quantize="int8-static")
+    assert not (tmp_path / "onnx").exists()
 
 
 def test_an_export_that_fails_validation_leaves_nothing(tokenizer, tmp_path, monkeypatch):

@@ -26,6 +26,7 @@ from compresskit.export.agreement import agreement, agreement_one_at_a_time
 from compresskit.export.one_call import export_one_call
 from compresskit.export.onnx_config import ONNX_OPSET, CompressKitOnnxConfig, input_names
 from compresskit.export.pieces import Embeddings, ExitHead, GateLogits, Head, LayerStep
+from compresskit.export.quantize import quantize_dynamic, quantize_static
 from compresskit.files import partial_dir
 from compresskit.modeling.model import CompressedModelForSequenceClassification
 
@@ -51,11 +52,10 @@ def export_model(model: CompressedModelForSequenceClassification, tokenizer: Any
 
     `quantize`: "int8" (dynamic: activations' ranges measured per batch at run time) or
     "int8-static" (QDQ, activations' ranges calibrated beforehand on `calibration`, rows of texts
-    such as training rows; static models only)."""
-    if quantize == "int8-static" and (model.is_dynamic or not calibration):
-        raise CompressKitError("export: int8-static calibrates the one graph of a static model on training "
-                               "rows; " + ("this model is dynamic (per-layer graphs): use int8" if model.is_dynamic
-                                           else "give calibration rows"))
+    such as training rows; export/quantize.py)."""
+    if quantize == "int8-static" and not calibration:
+        raise CompressKitError("export: int8-static calibrates the activations' ranges on rows of texts; "
+                               "give calibration rows (the CLI takes them from --task's training split)")
     output = Path(output)
     if output.exists() and not overwrite:
         raise CompressKitError(f"export: {output} exists; choose another --output or remove it")
@@ -71,9 +71,9 @@ def export_model(model: CompressedModelForSequenceClassification, tokenizer: Any
         tokenizer.save_pretrained(work)
         manifest.update(_validate(model, tokenizer, work, manifest, atol))
         if quantize == "int8-static":
-            manifest["quantized"] = _quantize_static(work, manifest, tokenizer, calibration)
+            manifest["quantized"] = quantize_static(work, manifest, tokenizer, calibration)
         elif quantize is not None:
-            manifest["quantized"] = _quantize(work, manifest, quantize)
+            manifest["quantized"] = quantize_dynamic(work, manifest, quantize)
         (work / MANIFEST).write_text(json.dumps(manifest, indent=2))
         if output.exists():
             shutil.rmtree(output)
@@ -269,58 +269,3 @@ def _validate(model: CompressedModelForSequenceClassification, tokenizer: Any, w
         log.warning("export: %d of %d check example(s) took another route at a near-tie (within %g of a "
                     "threshold); logits agree on the routes taken", result.flipped, result.examples, atol)
     return {"max_abs_diff": result.max_abs_diff, "atol": atol, "near_tie_flips": result.flipped}
-
-
-def _quantize(work: Path, manifest: dict[str, Any], scheme: str) -> dict[str, Any]:
-    """INT8 dynamic quantization of every graph with Optimum's ORTQuantizer (`*_quantized.onnx`)."""
-    if scheme != "int8":
-        raise CompressKitError(f"export: unknown quantization {scheme!r}; the one supported is int8")
-    from optimum.onnxruntime import ORTQuantizer
-    from optimum.onnxruntime.configuration import AutoQuantizationConfig
-
-    config = AutoQuantizationConfig.avx2(is_static=False, per_channel=False)
-    # onnxruntime's quantizer logs a line per tensor through the root logger: keep it to warnings
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(max(level, logging.WARNING))
-    try:
-        for graph in manifest["graphs"]:
-            ORTQuantizer.from_pretrained(work, file_name=graph).quantize(config, save_dir=work,
-                                                                         file_suffix="quantized")
-    finally:
-        root.setLevel(level)
-    return {"scheme": "int8 dynamic (ORTQuantizer, avx2)", "suffix": "_quantized"}
-
-
-STATIC_CALIBRATION_BATCH = 16
-
-
-def _quantize_static(work: Path, manifest: dict[str, Any], tokenizer: Any, rows: list[list[str]]) -> dict[str, Any]:
-    """INT8 QDQ quantization of the graph's matrix products, activation ranges calibrated (min-max) on
-    `rows`: no range is measured at run time, the cost dynamic INT8 pays on every call."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-
-    (graph,) = manifest["graphs"]
-    names = set(manifest["inputs"])
-
-    class Rows(CalibrationDataReader):
-        def __init__(self):
-            batches = [rows[i:i + STATIC_CALIBRATION_BATCH] for i in range(0, len(rows), STATIC_CALIBRATION_BATCH)]
-            self._feeds = iter([{k: v.astype("int64") for k, v in tokenizer(*map(list, zip(*batch, strict=True)),
-                                                                          padding=True, truncation=True,
-                                                                          return_tensors="np").items() if k in names}
-                                for batch in batches])
-
-        def get_next(self):
-            return next(self._feeds, None)
-
-    root = logging.getLogger()  # onnxruntime's quantizer logs per tensor through the root logger
-    level = root.level
-    root.setLevel(max(level, logging.WARNING))
-    try:
-        quantize_static(str(work / graph), str(work / graph.replace(".onnx", "_quantized.onnx")), Rows(),
-                        quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
-                        weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul"])
-    finally:
-        root.setLevel(level)
-    return {"scheme": f"int8 static (QDQ MatMul, min-max over {len(rows)} calibration rows)", "suffix": "_quantized"}

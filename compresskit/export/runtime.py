@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,8 +67,11 @@ class OnnxClassifier:
         self.runtime, self.precision, self._threads = runtime, precision, threads
         # every graph is loaded now: a graph first reached mid-stream (a deep layer most examples
         # never run) would otherwise cost its load time (tens of ms) inside some request
-        self._sessions = {graph.removesuffix(".onnx"): self._load(graph.removesuffix(".onnx"))
-                          for graph in manifest["graphs"]}
+        # a static-INT8 dynamic export has no INT8 one-call graph (quantize.py): lone examples then
+        # take the per-layer graphs
+        one_call = one_call and not (quantized and manifest["quantized"].get("one_call") is False)
+        graphs = [g for g in manifest["graphs"] if one_call or g != manifest.get("one_call")]
+        self._sessions = {graph.removesuffix(".onnx"): self._load(graph.removesuffix(".onnx")) for graph in graphs}
         self._inputs = {name: graph.inputs for name, graph in self._sessions.items()}
         self._outputs = {name: graph.outputs for name, graph in self._sessions.items()}
         self.inputs: list[str] = manifest["inputs"]
@@ -87,6 +92,7 @@ class OnnxClassifier:
             self._one_call = ""
         self._tokenizer = None
         self._counted: float | None = None  # FLOPs of the graphs run since count_flops began (nan: uncountable)
+        self._recorded: dict[str, list[dict[str, np.ndarray]]] | None = None  # see recording_feeds
         self.num_labels = len(self.labels)
 
     @property
@@ -111,8 +117,20 @@ class OnnxClassifier:
             file = self.directory / f"{name}{self.suffix}.onnx"
             flops = graph_flops(file, file.stat().st_mtime)(feeds)
             self._counted += float("nan") if flops is None else flops
+        if self._recorded is not None:
+            self._recorded.setdefault(name, []).append({k: np.array(v) for k, v in feeds.items()})
         values = self._sessions[name].run(feeds)
         return dict(zip(self._outputs[name], values, strict=True))
+
+    @contextmanager
+    def recording_feeds(self) -> Iterator[dict[str, list[dict[str, np.ndarray]]]]:
+        """Every graph's feeds (by graph name, in call order) while inside: what static INT8
+        calibrates each per-layer graph on, the sub-batches the routing really sends it."""
+        self._recorded = recorded = {}
+        try:
+            yield recorded
+        finally:
+            self._recorded = None
 
     def count_flops(self, encodings: dict[str, np.ndarray]) -> float | None:
         """FLOPs of the matrix products the graphs run on this batch (graph_flops.py; None: not

@@ -25,7 +25,8 @@ class ExportConfig(StageConfig):
 
     quantize: Literal["int8", "int8-static"] | None = Field(None, description="also write INT8 graphs: int8 "
                                                            "(dynamic, ORTQuantizer) or int8-static (QDQ, calibrated "
-                                                           "on `calibration_rows` training rows; static models)")
+                                                           "on `calibration_rows` training rows; a dynamic model's "
+                                                           "layers on the rows its routing sends them)")
     calibration_rows: int = Field(256, ge=1, description="training rows that calibrate int8-static")
     atol: float = Field(1e-4, gt=0, description="largest logit difference allowed against PyTorch")
     runtime: Engine = Field("onnxruntime", description="also check the export on this runtime: openvino "
@@ -75,9 +76,6 @@ class ExportStrategy(Strategy[ExportConfig]):
         if self.config.runtime == "openvino" and shape.model_type == "deberta-v2":
             ctx.problem("runtime", "OpenVINO cannot compile DeBERTa's relative-position graph (an If of dynamic "
                                    "rank); serve it on ONNX Runtime (runtime: onnxruntime)")
-        if self.config.quantize == "int8-static" and shape.dynamic:
-            ctx.problem("quantize", "int8-static calibrates the one graph of a static model; this stage receives "
-                                    "a dynamic model (per-layer graphs): use quantize: int8")
         return shape
 
     def apply(self, state: PipelineState, ctx: StageContext) -> PipelineState:
