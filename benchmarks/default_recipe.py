@@ -5,10 +5,12 @@ agreement of every runtime the export is served on.
     compresskit apply recipes/tinybert_hadskip.yaml                      # the main job
     python benchmarks/default_recipe.py runs/tinybert_hadskip [--out docs/results/default_recipe]
 
-Exports the teacher stage's model (fp32, into RUN/exports/teacher) unless it is there, then times
-the teacher's export, the final export on ONNX Runtime fp32 and INT8, and on OpenVINO fp32 and
-bf16, taking turns batch by batch at batch 1 and 32 (256 test texts; one run per --threads), and
-compares each runtime of the final export with the PyTorch model over the whole test split.
+Exports the teacher stage's model (fp32, into RUN/exports/teacher) and the final model with static
+INT8 (into RUN/exports/final-int8-static, calibrated on 256 training rows) unless they are there,
+then times the teacher's export, the final export on ONNX Runtime fp32, INT8 (dynamic, static) and
+on OpenVINO fp32, bf16 and INT8 (the static graphs), taking turns batch by batch at batch 1 and 32
+(256 test texts; one run per --threads), and compares each runtime of the final export with the
+PyTorch model over the whole test split.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from compresskit.strategies.export import compare
 
 VARIANTS = {"": {}, ":int8": {"quantized": True}, ":openvino": {"runtime": "openvino"},
             ":openvino-bf16": {"runtime": "openvino", "precision": "bf16"}}
+STATIC_VARIANTS = {":int8": {"quantized": True}, ":openvino-int8": {"runtime": "openvino", "quantized": True}}
 
 
 def main() -> None:
@@ -43,21 +46,27 @@ def main() -> None:
         model, tokenizer = load_model(str(stages["teacher"] / "model"))
         export_model(model, tokenizer, teacher)
     final = next(p for p in (run / "stages").glob("*/onnx") if (p / "compresskit_export.json").exists())
-    speed = {n: benchmark([str(teacher)] + [f"{final}{v}" for v in VARIANTS], task="rotten_tomatoes", threads=n)
-             for n in args.threads}
-
     model, tokenizer = load_model(str(final.parent / "model"))
     task = resolve_task("rotten_tomatoes")
+    static = run / "exports" / "final-int8-static"
+    if not static.exists():
+        train = load_splits(task, ["train"])["train"].shuffle(seed=0).select(range(256))
+        export_model(model, tokenizer, static, quantize="int8-static", calibration=[[t] for t in train["text_a"]])
+    rows = {f"{final}{v}": (final, settings) for v, settings in VARIANTS.items()}
+    rows |= {f"{static}{v}": (static, settings) for v, settings in STATIC_VARIANTS.items()}
+    speed = {n: benchmark([str(teacher), *rows], task="rotten_tomatoes", threads=n) for n in args.threads}
+
     test = tokenize(load_splits(task, ["test"]), tokenizer, 64)["test"]
-    served = {v or ":onnxruntime": compare(model, OnnxClassifier(final, **settings), test, tokenizer, atol=None,
-                                           one_at_a_time=False) for v, settings in VARIANTS.items()}
+    served = {name.removeprefix(str(run) + "/"): compare(model, OnnxClassifier(directory, **settings), test,
+                                                         tokenizer, atol=None, one_at_a_time=False)
+              for name, (directory, settings) in rows.items()}
     out.mkdir(parents=True, exist_ok=True)
     (out / "vs_teacher.json").write_text(json.dumps({"speed": speed, "test": served}, indent=1))
     for result in speed.values():
         print(markdown(result), "\n")
     print("| runtime | test accuracy | same predictions as PyTorch | max logit diff |\n|---|---|---|---|")
     for name, r in served.items():
-        print(f"| {name.lstrip(':')} | {r['onnx_accuracy']:.4f} | {100 * r['prediction_agreement']:.2f}% "
+        print(f"| {name} | {r['onnx_accuracy']:.4f} | {100 * r['prediction_agreement']:.2f}% "
               f"| {r['max_abs_diff']:.2g} |")
 
 
