@@ -225,3 +225,18 @@ def test_a_speed_goal_times_the_baseline_beside_each_candidate_taking_turns(monk
     assert calls == ["baseline", "candidate"] * 4  # a warm-up pass each, then three timed rounds in turn
     assert point["speedup"] == pytest.approx(point["baseline_ms_per_example"] / point["ms_per_example"])
     assert loaded == [1]  # the stale one-off baseline time (1000 ms) is not used
+
+
+def test_a_speed_only_goal_claims_no_accuracy_bound_in_the_report():
+    from compresskit.report.model_card import goal_lines
+
+    split = {"baseline": 0.87, "final": 0.75, "drop": 0.12, "accuracy_holds": True}
+    goal = {"metric": "accuracy", "description": ">= 10x faster", "met": False,
+            "heldout": {"baseline_score": 0.875, "floor": None}, "chosen": {"skip": {"budget": 3}},
+            "splits": {"validation": split, "test": split},
+            "speed": {"split": "validation", "runtime": "pytorch", "batch_size": 32, "ms_per_example": 23.7,
+                      "baseline_ms_per_example": 198.8, "speedup": 8.38, "speed_holds": False}}
+    text = "\n".join(goal_lines(goal))
+    assert "| yes |" not in text and text.count("no bound") == 2 and "does NOT hold" in text
+    goal["heldout"]["floor"] = 0.86  # with an accuracy bound the table says whether it holds
+    assert "| yes |" in "\n".join(goal_lines(goal))
