@@ -240,3 +240,27 @@ def test_a_speed_only_goal_claims_no_accuracy_bound_in_the_report():
     assert "| yes |" not in text and text.count("no bound") == 2 and "does NOT hold" in text
     goal["heldout"]["floor"] = 0.86  # with an accuracy bound the table says whether it holds
     assert "| yes |" in "\n".join(goal_lines(goal))
+
+
+def test_plot_labels_of_close_points_do_not_overlap_and_stay_on_the_axes():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from compresskit.report.markdown import _annotate_apart
+
+    # a model's validation and test scores half a point apart, near the right edge, as real reports have
+    points = [(1.0, 0.870), (1.0, 0.875), (9.67, 0.810), (9.67, 0.822), (9.17, 0.7948), (9.17, 0.7949),
+              (6.94, 0.756), (6.94, 0.789)]
+    labels = ["baseline", "baseline", "first_k", "first_k", "smaller_model", "smaller_model", "final", "final"]
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    ax.scatter(*zip(*points, strict=True))
+    fig.tight_layout()
+    texts = _annotate_apart(ax, points, labels)
+    renderer = fig.canvas.get_renderer()
+    boxes = [t.get_window_extent(renderer) for t in texts]
+    plt.close(fig)
+    assert [t.get_text() for t in texts] == labels
+    assert not [(labels[i], labels[j]) for i in range(len(boxes)) for j in range(i) if boxes[i].overlaps(boxes[j])]
+    assert all(ax.bbox.x0 <= b.x0 and b.x1 <= ax.bbox.x1 for b in boxes)

@@ -135,34 +135,47 @@ def _plot_pareto(rows: list[dict[str, Any]], base_metric: float, metric: str, pa
     fig, ax = plt.subplots(figsize=(6, 4))
     key = "measured_speedup" if measured else "flops_speedup"
     points = [(r.get(key) or r["flops_speedup"], r["metric"], r["stage"]) for r in rows]
-    for (x, y, label), offset in zip(points, _label_offsets([(x, y) for x, y, _ in points]), strict=True):
+    for x, y, _ in points:
         ax.scatter(x, y)
-        ax.annotate(label, (x, y), textcoords="offset points", xytext=offset, fontsize=8)
     ax.axhline(base_metric, color="grey", lw=0.8, ls="--", label="baseline")
     ax.set_xlabel("measured speed-up" if measured else "speed-up from counted FLOPs")
     ax.set_ylabel(metric)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
+    _annotate_apart(ax, [(x, y) for x, y, _ in points], [label for _, _, label in points])
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
-def _label_offsets(points: list[tuple[float, float]]) -> list[tuple[int, int]]:
-    """Label offsets (points) that keep neighbours' labels apart: a label whose point sits close to an
-    earlier one's (in axis fractions) moves to the next free slot around its point."""
-    xs, ys = [p[0] for p in points] or [0.0], [p[1] for p in points] or [0.0]
-    span_x, span_y = (max(xs) - min(xs)) or 1.0, (max(ys) - min(ys)) or 1.0
-    slots = [(4, 4), (4, -12), (-40, 4), (-40, -12), (4, 16), (4, -24)]
-    taken: list[tuple[float, float, int]] = []
-    out = []
-    for x, y in points:
-        fx, fy = (x - min(xs)) / span_x, (y - min(ys)) / span_y
-        near = {slot for tx, ty, slot in taken if abs(tx - fx) < 0.15 and abs(ty - fy) < 0.08}
-        slot = next((i for i in range(len(slots)) if i not in near), 0)
-        taken.append((fx, fy, slot))
-        out.append(slots[slot])
-    return out
+def _annotate_apart(ax: Any, points: list[tuple[float, float]], labels: list[str]) -> list[Any]:
+    """Label every point in the first slot around it whose box stays inside the axes and overlaps no
+    other point and no label placed before. Boxes are measured on the drawn figure, so close points
+    (a model's validation and test scores) and long names stay readable. Call it last."""
+    from matplotlib.transforms import Bbox
+
+    slots = [(4, 4), (4, -12), (-6, 4), (-6, -12), (4, 16), (4, -24), (-6, 16), (-6, -24), (4, 28), (4, -36)]
+    fig = ax.figure
+    fig.canvas.draw()  # settles the view limits and layout the boxes are measured in
+    renderer, frame = fig.canvas.get_renderer(), ax.bbox
+    pad = 4 * fig.dpi / 72  # a marker's half-width, in pixels
+    pixels = [ax.transData.transform(point) for point in points]
+    texts = []
+    placed: list[Any] = []
+    for n, ((x, y), label) in enumerate(zip(points, labels, strict=True)):
+        markers = [Bbox.from_extents(px - pad, py - pad, px + pad, py + pad)
+                   for m, (px, py) in enumerate(pixels) if m != n]
+        for i, (dx, dy) in enumerate(slots):
+            text = ax.annotate(label, (x, y), textcoords="offset points", xytext=(dx, dy), fontsize=8,
+                               ha="right" if dx < 0 else "left")
+            box = text.get_window_extent(renderer)
+            inside = frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
+            if inside and not any(box.overlaps(other) for other in placed + markers) or i == len(slots) - 1:
+                break
+            text.remove()
+        placed.append(box)
+        texts.append(text)
+    return texts
 
 
 def _goal_points(stage: dict[str, Any]) -> list[dict[str, Any]]:
@@ -231,12 +244,11 @@ def _plot_routes(routes: dict[str, Any], splits: list[str], metric: str, path: P
         ax.scatter(xs, ys, marker=marker, label=split)
         points += list(zip(xs, ys, strict=True))
         labels += [m["name"] for m in routes["models"]]
-    for (x, y), label, offset in zip(points, labels, _label_offsets(points), strict=True):
-        ax.annotate(label, (x, y), textcoords="offset points", xytext=offset, fontsize=8)
     ax.set_xlabel(f"measured speed-up over the baseline ({routes['runtime']}, batch {routes['batch_size']})")
     ax.set_ylabel(metric)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
+    _annotate_apart(ax, points, labels)
     fig.savefig(path, dpi=120)
     plt.close(fig)
