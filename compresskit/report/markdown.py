@@ -157,7 +157,7 @@ def _annotate_apart(ax: Any, points: list[tuple[float, float]], labels: list[str
     slots = [(4, 4), (4, -12), (-6, 4), (-6, -12), (4, 16), (4, -24), (-6, 16), (-6, -24), (4, 28), (4, -36)]
     fig = ax.figure
     fig.canvas.draw()  # settles the view limits and layout the boxes are measured in
-    renderer, frame = fig.canvas.get_renderer(), ax.bbox
+    renderer, axes_box = fig.canvas.get_renderer(), ax.bbox
     pad = 4 * fig.dpi / 72  # a marker's half-width, in pixels
     pixels = [ax.transData.transform(point) for point in points]
     texts = []
@@ -169,7 +169,7 @@ def _annotate_apart(ax: Any, points: list[tuple[float, float]], labels: list[str
             text = ax.annotate(label, (x, y), textcoords="offset points", xytext=(dx, dy), fontsize=8,
                                ha="right" if dx < 0 else "left")
             box = text.get_window_extent(renderer)
-            inside = frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
+            inside = axes_box.x0 <= box.x0 and box.x1 <= axes_box.x1 and axes_box.y0 <= box.y0 and box.y1 <= axes_box.y1
             if inside and not any(box.overlaps(other) for other in placed + markers) or i == len(slots) - 1:
                 break
             text.remove()
