@@ -59,26 +59,34 @@ class TorchBackend:
         self.margins = margins
         self.labels = max(model.config.num_labels, 1)
 
-    def _full(self, rows: torch.Tensor, values: torch.Tensor, fill: Any = 0) -> torch.Tensor:
+    @staticmethod
+    def _rows(mask: torch.Tensor) -> torch.Tensor | slice:
+        """The rows `mask` selects: every row as a plain slice (common, and always so at batch 1),
+        which reads and writes the batch in place instead of gathering and scattering copies."""
+        return slice(None) if bool(mask.all()) else mask.nonzero().squeeze(1)
+
+    def _full(self, rows: torch.Tensor | slice, values: torch.Tensor, fill: Any = 0) -> torch.Tensor:
+        if isinstance(rows, slice):
+            return values
         out = torch.full((self.ops.batch, *values.shape[1:]), fill, dtype=values.dtype, device=values.device)
         out[rows] = values
         return out
 
     def gate(self, step: Step, running):
-        rows = running.nonzero().squeeze(1)
+        rows = self._rows(running)
         logits = self.model.gates[str(step.layer)](self.hidden[rows], self.mask[rows])
         margin = self._full(rows, gate_margin(logits), math.inf) if self.margins else None
         return self._full(rows, gate_opens(logits), False), margin
 
     def run_layer(self, step: Step, runs):
-        rows = runs.nonzero().squeeze(1)
-        if rows.numel():
+        rows = self._rows(runs)
+        if isinstance(rows, slice) or rows.numel():
             layer = self.model.layers[step.layer]
             self.hidden[rows], _ = self.model.adapter.run_layer(self.model.backbone, layer, self.hidden[rows],
                                                                 self.additive[rows], self.bias, False)
 
     def exit(self, step: Step, running, state):
-        rows = running.nonzero().squeeze(1)
+        rows = self._rows(running)
         rule = self.model.exit_rule
         summary = self.model.exit_summary(self.hidden[rows], self.mask[rows])
         logits = self.model.exit_heads[str(step.layer)](summary)
@@ -89,7 +97,7 @@ class TorchBackend:
         return self._full(rows, leave, False), self._full(rows, logits), margin
 
     def head(self, running):
-        rows = running.nonzero().squeeze(1)
+        rows = self._rows(running)
         return self._full(rows, self.model.adapter.head(self.model.backbone, self.hidden[rows], self.mask[rows]))
 
     def initial_logits(self):
