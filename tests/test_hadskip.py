@@ -147,3 +147,57 @@ def test_a_killed_hadskip_run_resumes_after_its_last_finished_phase(tiny_recipe,
     budgets = tmp_path / "killed" / "stages" / "00-skip" / "budgets"
     assert sorted(p.name for p in budgets.iterdir()) == ["s3", "s4"]  # every budget's model, reloadable
     assert load_model(str(budgets / "s3"))[0].config.layers[0]["gate"]
+
+
+PREDICTION_ONLY = {"alpha_hidden": 0, "alpha_attention": 0, "alpha_embedding": 0}
+
+
+def test_stage3_learns_cached_predictions_without_running_f_v():
+    """With another stage's logits in the batch and only the prediction term on, the loss is
+    task + budget + KL to those logits, and f_v's forward pass is spared."""
+    torch.manual_seed(0)
+    base = CompressedModelForSequenceClassification(CompressedConfig.from_backbone_config(CONFIGS["bert"]()))
+    cfg = HadSkipConfig(strategy="hadskip", budget=3, beta=2.0, **PREDICTION_ONLY)
+    model = gated(base, cfg).train()
+    target = torch.randn(8, 2)
+    batch = {**inputs(batch=8), "labels": torch.randint(0, 2, (8,)), "teacher_logits": target}
+
+    class Untouchable(torch.nn.Module):
+        def forward(self, *args, **kwargs):
+            raise AssertionError("f_v ran although the predictions were cached")
+
+    torch.manual_seed(1)  # the same dropout masks in both passes
+    loss = stage3_loss(model, batch, teacher=Untouchable(), target=0.75, cfg=cfg)
+    torch.manual_seed(1)
+    out = model(**inputs(batch=8) | {"labels": batch["labels"]})
+    gates = torch.stack([out.gate_values[i] for i in sorted(out.gate_values)], 1)
+    kl = torch.nn.functional.kl_div(out.logits.log_softmax(-1), target.log_softmax(-1), log_target=True,
+                                    reduction="batchmean")
+    torch.testing.assert_close(loss, out.loss + 2.0 * (gates.mean() - 0.75) ** 2 + kl)
+
+
+def test_hadskip_learns_the_teachers_predictions_labelled_once_for_the_whole_run(tiny_recipe, tmp_path, caplog):
+    """`teacher: <stage>`: stage III learns that stage's predictions; the distill stage labelled the same
+    rows with the same teacher already, so HadSkip reads its cached logits instead of running it again."""
+    caplog.set_level("INFO")
+    recipe = tiny_recipe([
+        {"strategy": "finetune", "name": "teacher", "epochs": 2, "learning_rate": 2e-3, "batch_size": 8},
+        {"strategy": "distill", "name": "student", "student_layers": [0, 1, 3], "intermediate_epochs": 0,
+         "prediction_epochs": 1, "batch_size": 8},
+        {"strategy": "hadskip", "name": "skip", "teacher": "teacher", "budget": 2, "gate_epochs": 1,
+         "homotopic": False, "epochs_per_budget": 1, "batch_size": 8, **PREDICTION_ONLY},
+    ])
+    run_dir = tmp_path / "run"
+    report = Pipeline(load_recipe(recipe), run_dir).run()
+    assert report["final"]["stage"] == "skip"
+    assert len(list((run_dir / "cache").glob("teacher-logits-*.pt"))) == 1  # one teacher, one labelling
+    assert any("read from" in r.getMessage() and "teacher logits" in r.getMessage() for r in caplog.records)
+    assert any("learns the predictions of 'teacher'" in r.getMessage() for r in caplog.records)
+
+
+def test_a_hadskip_teacher_must_be_an_earlier_stage_read_by_distillation(tiny_recipe):
+    with pytest.raises(Exception, match=r"stages\[0\].teacher"):
+        load_recipe(tiny_recipe([{"strategy": "hadskip", "teacher": "later", "budget": 2},
+                                 {"strategy": "finetune", "name": "later"}]))
+    with pytest.raises(ValueError, match="only read by prediction distillation"):
+        HadSkipConfig(strategy="hadskip", budget=2, teacher="teacher", distill=False)

@@ -4,7 +4,9 @@ A gate before every layer decides per example whether the layer runs. Three stag
   I   the incoming model is the fine-tuned vanilla model f_v (or `finetune_epochs` trains it);
   II  everything but the gates is frozen; the gates learn from the task loss alone;
   III layers and gates train together with the budget penalty beta * (mean gate - s/L)^2 and
-      distillation from f_v, over the homotopic schedule of budgets L, L-1, ..., s.
+      distillation from f_v, over the homotopic schedule of budgets L, L-1, ..., s. With
+      `teacher`, the predictions are learnt from that earlier stage's model instead (its logits
+      computed once for the training rows), e.g. the large model a distilled f_v came from.
 Choices the paper leaves open are documented in docs/strategies/hadskip.md.
 """
 
@@ -23,6 +25,7 @@ from typing import Any, Literal
 import torch
 from accelerate import PartialState
 from pydantic import Field, model_validator
+from transformers import AutoTokenizer
 
 from compresskit.data.batches import model_inputs
 from compresskit.errors import CompressKitError
@@ -33,6 +36,8 @@ from compresskit.modeling.model import CompressedModelForSequenceClassification
 from compresskit.modeling.surgery import with_gates
 from compresskit.registry import StageConfig, Strategy, register_strategy
 from compresskit.stage import ModelShape, PipelineState, PlanContext, StageContext
+from compresskit.strategies.distill import CACHE, teacher_labelled
+from compresskit.training.collate import TeacherStudentCollator
 from compresskit.training.distillation import attention_mse, prediction_kl, token_mse
 from compresskit.training.estimators import ESTIMATORS
 from compresskit.training.trainer import TrainingConfig, train
@@ -62,6 +67,9 @@ class HadSkipConfig(StageConfig):
     learning_rate: float = Field(2e-5, gt=0, description="stage III learning rate of the layers")
     batch_size: int = Field(32, ge=1)
     distill: bool = Field(True, description="distil from the stage-I model in stage III")
+    teacher: str | None = Field(None, description="earlier stage (or 'input') whose predictions stage III "
+                                "learns, labelled once for the training rows; default: the stage-I model f_v "
+                                "(the paper). Hidden, attention and embedding terms always compare with f_v")
     alpha_prediction: float = Field(1.0, ge=0)
     alpha_hidden: float = Field(1.0, ge=0)
     alpha_attention: float = Field(1.0, ge=0)
@@ -74,6 +82,9 @@ class HadSkipConfig(StageConfig):
     def _one_budget(self) -> HadSkipConfig:
         if (self.budget is None) == (self.budget_fraction is None):
             raise ValueError("give exactly one of budget (layers) or budget_fraction (share of the layers)")
+        if self.teacher is not None and not (self.distill and self.alpha_prediction > 0):
+            raise ValueError("teacher is only read by prediction distillation: set distill: true and "
+                             "alpha_prediction > 0, or drop teacher")
         return self
 
 
@@ -91,6 +102,12 @@ class HadSkipStrategy(Strategy[HadSkipConfig]):
     name = "hadskip"
     kind = "dynamic"
     goal_knob = "the budget: the homotopy descends while the goal holds and keeps the budget it asks for"
+
+    def check(self, stage_names: list[str], index: int) -> list[tuple[str, str]]:
+        teacher = self.config.teacher
+        if teacher is not None and teacher not in ("input", *stage_names[:index]):
+            return [("teacher", f"no earlier stage named {teacher!r}; earlier stages: {stage_names[:index]}")]
+        return []
 
     def plan(self, shape: ModelShape, ctx: PlanContext) -> ModelShape:
         if self.config.budget is not None and self.config.budget > shape.num_layers:
@@ -127,6 +144,13 @@ class HadSkipStrategy(Strategy[HadSkipConfig]):
                 return result.history
             phase("II", model, stage2)
 
+        if cfg.distill and (cfg.teacher is not None or not _compares_states(cfg)):
+            # predictions are labelled once, not recomputed every step, and only when a stage-III
+            # phase really trains (a resumed run may need none)
+            train_rows = functools.cache(lambda: self._labelled(state, ctx, teacher))
+            collate = TeacherStudentCollator(state.tokenizer)
+        else:
+            train_rows, collate = (lambda: state.data["train"]), None
         schedule = budget_schedule(layers, budget, cfg.homotopic)
         groups = [{"params": [p for n, p in model.named_parameters() if not n.startswith("gates.")]},
                   {"params": list(model.gates.parameters()), "lr": cfg.gate_learning_rate}]
@@ -135,8 +159,8 @@ class HadSkipStrategy(Strategy[HadSkipConfig]):
             loss = functools.partial(stage3_loss, teacher=teacher if cfg.distill else None, target=k / layers,
                                      cfg=cfg)
             phase(f"III s={k:g}", model, lambda loss=loss, k=k: train(
-                model, *data, self._training(cfg.epochs_per_budget, cfg.learning_rate), ctx.seed, loss_fn=loss,
-                parameters=groups, desc=f"{ctx.name} III s={k:g}").history)
+                model, train_rows(), *data[1:], self._training(cfg.epochs_per_budget, cfg.learning_rate), ctx.seed,
+                loss_fn=loss, parameters=groups, desc=f"{ctx.name} III s={k:g}", collate_fn=collate).history)
             if cfg.save_budgets and k != schedule[-1] and PartialState().is_main_process:
                 model.save_pretrained(ctx.work_dir / "budgets" / f"s{k:g}")
                 state.tokenizer.save_pretrained(ctx.work_dir / "budgets" / f"s{k:g}")
@@ -153,6 +177,17 @@ class HadSkipStrategy(Strategy[HadSkipConfig]):
                  sum(i * p for i, p in enumerate(usage["histogram"])), budget)
         state.model, state.info = model, info
         return state
+
+    def _labelled(self, state: PipelineState, ctx: StageContext, f_v: torch.nn.Module):
+        """The training rows with the predictions stage III learns: the `teacher` stage's, or f_v's."""
+        cache = ctx.run_dir / CACHE
+        if self.config.teacher is None:
+            return teacher_labelled(state, f_v, state.tokenizer, cache)
+        path = ctx.model_path(self.config.teacher)
+        teacher = CompressedModelForSequenceClassification.from_pretrained(path)
+        teacher = teacher.to(state.model.device).eval().requires_grad_(False)
+        log.info("%s: stage III learns the predictions of %r", ctx.name, self.config.teacher)
+        return teacher_labelled(state, teacher, AutoTokenizer.from_pretrained(path), cache)
 
     def _training(self, epochs: float, lr: float, keep_best: bool = False) -> TrainingConfig:
         # under a budget the best-accuracy epoch may miss the budget: keep the last one
@@ -200,20 +235,29 @@ def budget_schedule(layers: int, budget: float, homotopic: bool) -> list[float]:
 
 def stage3_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], teacher: torch.nn.Module | None,
                 target: float, cfg: HadSkipConfig) -> torch.Tensor:
-    """Task loss + beta * (mean gate - s/L)^2 + the four distillation terms (paper, appendix B)."""
+    """Task loss + beta * (mean gate - s/L)^2 + the four distillation terms (paper, appendix B).
+
+    A batch with `teacher_logits` (another stage's cached predictions) takes its prediction term from
+    them; the other terms compare with `teacher` (f_v), which then runs only when one of them is on."""
     inputs = model_inputs(batch)
+    cached = batch.get("teacher_logits")
+    if cached is not None and not _compares_states(cfg):
+        teacher = None  # nothing left to compare with f_v: spare its forward pass
     want_maps = teacher is not None and cfg.alpha_attention > 0
     out = model(**inputs, labels=batch["labels"], output_hidden_states=teacher is not None,
                 output_attentions=want_maps)
     gates = torch.stack([out.gate_values[i] for i in sorted(out.gate_values)], 1)
     loss = out.loss + cfg.beta * (gates.mean() - target) ** 2
+    if cached is not None:
+        loss = loss + cfg.alpha_prediction * prediction_kl(out.logits, cached.to(out.logits), cfg.temperature)
     if teacher is None:
         return loss
     with torch.no_grad():
         ref = teacher(**inputs, output_hidden_states=True, output_attentions=want_maps, dynamic=False)
     mask = inputs["attention_mask"]
     layers = range(1, len(out.hidden_states))
-    loss = loss + cfg.alpha_prediction * prediction_kl(out.logits, ref.logits, cfg.temperature)
+    if cached is None:
+        loss = loss + cfg.alpha_prediction * prediction_kl(out.logits, ref.logits, cfg.temperature)
     loss = loss + cfg.alpha_hidden * sum(token_mse(out.hidden_states[i], ref.hidden_states[i], mask)
                                          for i in layers) / len(layers)
     loss = loss + cfg.alpha_embedding * token_mse(out.hidden_states[0], ref.hidden_states[0], mask)
@@ -221,6 +265,11 @@ def stage3_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], teacher:
         loss = loss + cfg.alpha_attention * sum(attention_mse(s, t, mask) for s, t in
                                                 zip(out.attentions, ref.attentions, strict=True)) / len(layers)
     return loss
+
+
+def _compares_states(cfg: HadSkipConfig) -> bool:
+    """Whether stage III compares hidden states, attention or embeddings with f_v (needs its forward pass)."""
+    return bool(cfg.alpha_hidden or cfg.alpha_embedding or cfg.alpha_attention)
 
 
 class _BudgetSearch:
