@@ -7,6 +7,7 @@ Run directory layout:
     progress.json      which stage is running
     goal.json          the baseline's numbers on the goal's held-out rows (recipes with a `goal:`)
     stages/NN-NAME/    model/ (save_pretrained + tokenizer), stage.json, extra artifacts
+    cache/             a teacher's logits of the training rows, read again by later stages and resumed runs
     report.json        per-stage results, baseline and final model profiles
 
 Each stage's directory is written under a temporary name and renamed when whole, so a killed
@@ -317,14 +318,12 @@ class Pipeline:
         return dataclasses.replace(state, raw=raw, _encoded={})
 
     # ---- evaluation and report -------------------------------------------------------------
-    def profile(self, state: PipelineState, splits: list[str], known: dict[str, Any] | None = None
-                ) -> dict[str, Any]:
+    def profile(self, state: PipelineState, splits: list[str], known: dict[str, Any] | None = None) -> dict[str, Any]:
         return profile(state, splits, self.recipe.evaluation, known)
 
     def _state_from(self, path: Path, raw: datasets.DatasetDict) -> PipelineState:
         model = CompressedModelForSequenceClassification.from_pretrained(path).to(self.dist.device)
-        return PipelineState(model=model,
-                             tokenizer=AutoTokenizer.from_pretrained(path), task=self.task, raw=raw,
+        return PipelineState(model=model, tokenizer=AutoTokenizer.from_pretrained(path), task=self.task, raw=raw,
                              max_length=self.recipe.data.max_length)
 
     def report(self) -> dict[str, Any]:
@@ -371,9 +370,11 @@ class Pipeline:
         dynamic = [i for i in range(len(names)) if self.resolved.strategy(i).kind == "dynamic"]
         source = (names[dynamic[0] - 1] if dynamic[0] else "input") if dynamic else report["baseline"]["stage"]
         depth = max(1, round(report["final"][split]["avg_layers"]))
-        routes = train_baselines(cfg, self.run_dir, self.fingerprints[-1], depth, source,
-                                 lambda: self._model_state(source, raw), raw, self.recipe.seed, split,
-                                 lambda state: self.profile(state, splits))
+        with precision.training_precision(precision.resolve(self.recipe.precision, self.dist.device)), \
+                length_grouping(self.recipe.data.group_by_length):  # the routes train as the stages do
+            routes = train_baselines(cfg, self.run_dir, self.fingerprints[-1], depth, source,
+                                     lambda: self._model_state(source, raw), raw, self.recipe.seed, split,
+                                     lambda state: self.profile(state, splits))
         loaders = {"baseline": lambda: self._model_state(report["baseline"]["stage"], raw),
                    "final": lambda: self._model_state(report["final"]["stage"], raw)}
         loaders.update({r["name"]: (lambda d=r["directory"]: self._state_from(Path(d), raw)) for r in routes})

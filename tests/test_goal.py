@@ -264,3 +264,26 @@ def test_plot_labels_of_close_points_do_not_overlap_and_stay_on_the_axes():
     assert [t.get_text() for t in texts] == labels
     assert not [(labels[i], labels[j]) for i in range(len(boxes)) for j in range(i) if boxes[i].overlaps(boxes[j])]
     assert all(ax.bbox.x0 <= b.x0 and b.x1 <= ax.bbox.x1 for b in boxes)
+
+
+def test_the_trivial_routes_train_in_the_recipes_precision_and_batching(tiny_recipe, tmp_path, tiny_model_dir,
+                                                                          monkeypatch):
+    """A route trained in fp32 on random batches beside stages trained in bf16 on length-grouped ones
+    would be compared at another cost (the session that found it: 5 s per step instead of ~1)."""
+    import compresskit.report.baselines as baselines
+    from compresskit.data import batches
+    from compresskit.training import precision
+
+    seen, real_train = [], baselines.train
+
+    def train(*args, **kwargs):
+        seen.append((precision.current(), batches._group_by_length.get()))
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(baselines, "train", train)
+    settings = {"baselines": ["first_k", "smaller_model"], "smaller_model": str(tiny_model_dir), "epochs": 1,
+                "batch_size": 16, "timing_examples": 4}
+    skip = {**SKIP, "homotopic": False, "budget": 2}
+    Pipeline(load_recipe(tiny_recipe([TEACHER, skip], report=settings, precision="bf16",
+                                     data={"max_length": 16, "group_by_length": True})), tmp_path / "run").run()
+    assert seen == [("bf16", True), ("bf16", True)]
