@@ -201,3 +201,20 @@ def test_a_hadskip_teacher_must_be_an_earlier_stage_read_by_distillation(tiny_re
                                  {"strategy": "finetune", "name": "later"}]))
     with pytest.raises(ValueError, match="only read by prediction distillation"):
         HadSkipConfig(strategy="hadskip", budget=2, teacher="teacher", distill=False)
+
+
+def test_prediction_only_hadskip_labels_f_v_once_and_a_rerun_reads_the_labels(tiny_recipe, tmp_path, caplog):
+    """Without `teacher` and with only the prediction term, f_v's predictions are labelled once into the
+    run's cache (not recomputed every step); the stage rerun with another budget reads them back."""
+    caplog.set_level("INFO")
+    teacher = {"strategy": "finetune", "name": "teacher", "epochs": 2, "learning_rate": 2e-3, "batch_size": 8}
+    skip = {"strategy": "hadskip", "name": "skip", "budget": 3, "gate_epochs": 1, "homotopic": False,
+            "epochs_per_budget": 1, "batch_size": 8, **PREDICTION_ONLY}
+    run_dir = tmp_path / "run"
+    first = Pipeline(load_recipe(tiny_recipe([teacher, skip])), run_dir).run()
+    assert first["final"]["validation"]["avg_layers"] < 4.0
+    assert len(list((run_dir / "cache").glob("teacher-logits-*.pt"))) == 1
+    assert not any("read from" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    Pipeline(load_recipe(tiny_recipe([teacher, {**skip, "budget": 2}])), run_dir).run()
+    assert any(r.getMessage().startswith("teacher logits of") and "read from" in r.getMessage() for r in caplog.records)
