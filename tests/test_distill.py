@@ -159,15 +159,15 @@ def test_cached_teacher_logits_belong_to_their_rows(tiny_model_dir):
     import datasets
 
     from compresskit.modeling.loading import load_model
-    from compresskit.strategies.distill import _with_teacher_logits
     from compresskit.training.collate import TeacherStudentCollator
+    from compresskit.training.teacher_labels import with_teacher_logits
 
     teacher, tokenizer = load_model(str(tiny_model_dir))
     rng = random.Random(0)
     texts = [" ".join(rng.choices(FILLER, k=rng.randint(1, 12))) for _ in range(70)]  # lengths in no order
     rows = datasets.Dataset.from_dict(dict(tokenizer(texts), labels=[0] * len(texts)))
 
-    cached = _with_teacher_logits(rows, teacher.eval(), tokenizer, TeacherStudentCollator(tokenizer))
+    cached = with_teacher_logits(rows, teacher.eval(), tokenizer, TeacherStudentCollator(tokenizer))
 
     for i in (0, 13, 69):
         alone = teacher(**tokenizer(texts[i], return_tensors="pt")).logits[0]

@@ -8,37 +8,35 @@ to the teacher's logits at temperature T, optionally mixed with the hard-label l
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import os
-from pathlib import Path
 from typing import Any
 
 import datasets
 import torch
-from accelerate import PartialState
 from pydantic import Field, model_validator
 from torch.nn import functional as F
-from tqdm.auto import tqdm
 
-from compresskit.data.batches import MODEL_INPUTS, loader, model_inputs
+from compresskit.data.batches import model_inputs
 from compresskit.data.loading import tokenize
 from compresskit.errors import CompressKitError
 from compresskit.modeling.loading import load_model
 from compresskit.modeling.model import CompressedModelForSequenceClassification
 from compresskit.modeling.surgery import select_layers
 from compresskit.registry import StageConfig, Strategy, register_strategy
-from compresskit.rundir import fingerprint
 from compresskit.stage import ModelShape, PipelineState, PlanContext, StageContext
-from compresskit.training import precision
 from compresskit.training.augment import WordNeighbours, augment_dataset
 from compresskit.training.collate import TEACHER_PREFIX, TeacherStudentCollator
 from compresskit.training.distillation import attention_mse, soft_cross_entropy, token_mse
+from compresskit.training.teacher_labels import (
+    CACHE,
+    same_tokenizer,
+    teacher_inputs,
+    with_teacher_ids,
+    with_teacher_logits,
+)
 from compresskit.training.trainer import TrainingConfig, train, unwrap
 
 log = logging.getLogger(__name__)
-CACHE = "cache"  # of the run directory: predictions a later stage or a resumed run reads again
 
 
 class DistillConfig(StageConfig):
@@ -149,7 +147,7 @@ class DistillStrategy(Strategy[DistillConfig]):
         layer_map = self._layer_map(student.num_layers, teacher.num_layers)
         student_state = PipelineState(model=student, tokenizer=student_tokenizer, task=state.task, raw=state.raw,
                                       max_length=state.max_length)
-        shared_ids = _same_tokenizer(teacher_tokenizer, student_tokenizer)
+        shared_ids = same_tokenizer(teacher_tokenizer, student_tokenizer)
         raw_train, train_set = state.raw["train"], student_state.data["train"]
         if cfg.augment_copies:
             neighbours = WordNeighbours(student_tokenizer, student.backbone.get_input_embeddings().weight,
@@ -157,7 +155,7 @@ class DistillStrategy(Strategy[DistillConfig]):
             raw_train = augment_dataset(raw_train, neighbours, cfg.augment_copies, cfg.augment_replace_prob, ctx.seed)
             train_set = tokenize(datasets.DatasetDict(train=raw_train), student_tokenizer, state.max_length)["train"]
         if not shared_ids:
-            train_set = _with_teacher_ids(train_set, raw_train, teacher_tokenizer, state.max_length)
+            train_set = with_teacher_ids(train_set, raw_train, teacher_tokenizer, state.max_length)
         collate = TeacherStudentCollator(student_tokenizer, None if shared_ids else teacher_tokenizer)
         eval_set = student_state.data[ctx.eval_split]
         info: dict[str, Any] = {"layer_map": layer_map, "teacher_layers": teacher.num_layers,
@@ -170,7 +168,7 @@ class DistillStrategy(Strategy[DistillConfig]):
                 _require_equal_heads(student, teacher)
             self._intermediate(student, teacher, layer_map, train_set, eval_set, student_state, ctx, collate, info)
         if cfg.prediction_epochs > 0:
-            train_set = _with_teacher_logits(train_set, teacher, student_tokenizer, collate, ctx.run_dir / CACHE)
+            train_set = with_teacher_logits(train_set, teacher, student_tokenizer, collate, ctx.run_dir / CACHE)
             loss = _PredictionLoss(cfg.temperature, cfg.hard_label_weight, state.task.is_regression)
             result = train(student, train_set, eval_set, state.task, student_tokenizer,
                            self._training(cfg.prediction_epochs, cfg.learning_rate), ctx.seed, loss_fn=loss,
@@ -221,7 +219,7 @@ class _IntermediateLoss:
         out = model(**inputs, output_hidden_states=True, output_attention_scores=scores)
         with torch.no_grad():
             # dynamic=False: a gated or early-exit teacher still yields every layer's states (full pass)
-            ref = self.teacher(**_teacher_inputs(batch), output_hidden_states=True, output_attention_scores=scores,
+            ref = self.teacher(**teacher_inputs(batch), output_hidden_states=True, output_attention_scores=scores,
                                dynamic=False)
         project = unwrap(model).distill_projection
         mask = inputs["attention_mask"]
@@ -250,28 +248,10 @@ class _PredictionLoss:
         return (1 - self.hard) * soft + self.hard * out.loss
 
 
-def _teacher_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    own = {k[len(TEACHER_PREFIX):]: v for k, v in batch.items() if k.startswith(TEACHER_PREFIX)}
-    return own or model_inputs(batch)
-
-
 def _tokenizer(path):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(path)
-
-
-def _same_tokenizer(a, b) -> bool:
-    return type(a) is type(b) and a.get_vocab() == b.get_vocab()
-
-
-def _with_teacher_ids(student_set: datasets.Dataset, raw: datasets.Dataset, tokenizer, max_length: int
-                      ) -> datasets.Dataset:
-    encoded = tokenize(datasets.DatasetDict({"x": raw}), tokenizer, max_length)["x"]
-    for column in ("input_ids", "attention_mask", "token_type_ids"):
-        if column in encoded.column_names:
-            student_set = student_set.add_column(TEACHER_PREFIX + column, encoded[column])
-    return student_set
 
 
 def _require_alignment(train_set: datasets.Dataset) -> None:
@@ -293,69 +273,3 @@ def _require_equal_heads(student, teacher) -> None:
     if len(s_heads | t_heads) != 1:
         raise CompressKitError(f"attention distillation compares head by head, but the student has {s_heads} heads "
                                f"per layer and the teacher {t_heads}: set alpha_attention: 0")
-
-
-@torch.no_grad()
-def _with_teacher_logits(train_set: datasets.Dataset, teacher, tokenizer, collate, cache: Path | None = None
-                         ) -> datasets.Dataset:
-    """The teacher's predictions on the training split, computed once for every phase-2 epoch.
-
-    With `cache` (a directory), they are kept there under a digest of the teacher's weights, the ids
-    it reads and the precision, so a later stage labelling the same rows with the same teacher (or a
-    resumed run) reads them instead of running the teacher again."""
-    if "teacher_logits" in train_set.column_names:
-        train_set = train_set.remove_columns("teacher_logits")
-    device = next(teacher.parameters()).device
-    path = None
-    if cache is not None:
-        teacher_columns = [c for c in train_set.column_names if c.startswith(TEACHER_PREFIX)] or [
-            c for c in MODEL_INPUTS if c in train_set.column_names]
-        rows = hashlib.sha256(json.dumps(train_set.select_columns(teacher_columns).to_dict()).encode()).hexdigest()
-        key = fingerprint(_weights_digest(teacher), rows, precision.current(), device.type)
-        path = cache / f"teacher-logits-{key}.pt"
-        if path.exists():
-            try:
-                logits = torch.load(path, weights_only=True)
-                log.info("teacher logits of %d rows read from %s", len(logits), path)
-                return train_set.add_column("teacher_logits", logits.tolist())
-            except Exception as err:  # a damaged cache file: label again
-                log.warning("unreadable teacher logits %s (%s): labelling again", path, err)
-    # rows of similar length batched together: far less padding for the (large) teacher to read
-    lengths = [len(ids) for ids in train_set["input_ids"]]
-    order = sorted(range(len(train_set)), key=lengths.__getitem__)
-    logits = []
-    batches = loader(train_set.select(order), tokenizer, 64, collate_fn=collate)
-    for batch in tqdm(batches, desc="teacher logits", total=len(batches)):
-        with precision.targets_autocast(device):
-            logits.append(teacher(**_teacher_inputs(batch)).logits.float())
-    by_length = torch.cat(logits)
-    in_order = torch.empty_like(by_length)
-    in_order[torch.tensor(order, device=by_length.device)] = by_length
-    if path is not None and PartialState().is_main_process:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save(in_order.cpu(), tmp)
-        os.replace(tmp, path)  # whole or not at all
-    return train_set.add_column("teacher_logits", in_order.tolist())
-
-
-def _weights_digest(model: torch.nn.Module) -> str:
-    digest = hashlib.sha256()
-    for name, tensor in model.state_dict().items():
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
-def teacher_labelled(state: PipelineState, teacher: CompressedModelForSequenceClassification,
-                     teacher_tokenizer, cache: Path | None = None) -> datasets.Dataset:
-    """The state's training rows (its tokenizer's ids) with `teacher`'s logits beside them, computed once
-    in one pass (or read from `cache`); the teacher reads its own ids when its tokenizer differs. Batch
-    them with `TeacherStudentCollator(state.tokenizer)`."""
-    train_set = state.data["train"]
-    shared_ids = _same_tokenizer(teacher_tokenizer, state.tokenizer)
-    if not shared_ids:
-        train_set = _with_teacher_ids(train_set, state.raw["train"], teacher_tokenizer, state.max_length)
-    collate = TeacherStudentCollator(state.tokenizer, None if shared_ids else teacher_tokenizer)
-    labelled = _with_teacher_logits(train_set, teacher, state.tokenizer, collate, cache)
-    return labelled.remove_columns([c for c in labelled.column_names if c.startswith(TEACHER_PREFIX)])

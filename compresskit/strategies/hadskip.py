@@ -36,10 +36,10 @@ from compresskit.modeling.model import CompressedModelForSequenceClassification
 from compresskit.modeling.surgery import with_gates
 from compresskit.registry import StageConfig, Strategy, register_strategy
 from compresskit.stage import ModelShape, PipelineState, PlanContext, StageContext
-from compresskit.strategies.distill import CACHE, teacher_labelled
 from compresskit.training.collate import TeacherStudentCollator
 from compresskit.training.distillation import attention_mse, prediction_kl, token_mse
 from compresskit.training.estimators import ESTIMATORS
+from compresskit.training.teacher_labels import CACHE, teacher_labelled
 from compresskit.training.trainer import TrainingConfig, train
 
 log = logging.getLogger(__name__)
