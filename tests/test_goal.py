@@ -269,7 +269,7 @@ def test_plot_labels_of_close_points_do_not_overlap_and_stay_on_the_axes():
 def test_the_trivial_routes_train_in_the_recipes_precision_and_batching(tiny_recipe, tmp_path, tiny_model_dir,
                                                                           monkeypatch):
     """A route trained in fp32 on random batches beside stages trained in bf16 on length-grouped ones
-    would be compared at another cost (the session that found it: 5 s per step instead of ~1)."""
+    would be compared at another cost (and, on a bf16 machine, trained far slower)."""
     import compresskit.report.baselines as baselines
     from compresskit.data import batches
     from compresskit.training import precision
