@@ -74,18 +74,19 @@ def load_runner(spec: str, threads: int) -> tuple[Runner, Any, str, Counter]:
 
 def benchmark(paths: list[str], task: str = "rotten_tomatoes", split: str = "test", examples: int = 256,
               batch_sizes: tuple[int, ...] = (1, 32), max_length: int = 64, repeats: int = 3, warmup: int = 2,
-              threads: int | None = None) -> dict[str, Any]:
+              threads: int | None = None, turn_examples: int = 32) -> dict[str, Any]:
     threads = threads or torch.get_num_threads()
     kept = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:  # the caller's thread count is theirs: restored however this ends
-        return _benchmark(paths, task, split, examples, batch_sizes, max_length, repeats, warmup, threads)
+        return _benchmark(paths, task, split, examples, batch_sizes, max_length, repeats, warmup, threads,
+                          turn_examples)
     finally:
         torch.set_num_threads(kept)
 
 
 def _benchmark(paths: list[str], task: str, split: str, examples: int, batch_sizes: tuple[int, ...],
-               max_length: int, repeats: int, warmup: int, threads: int) -> dict[str, Any]:
+               max_length: int, repeats: int, warmup: int, threads: int, turn_examples: int) -> dict[str, Any]:
     runners = [load_runner(p, threads) for p in paths]  # a path that is not a model fails before any data loads
     spec = resolve_task(task)
     raw = load_splits(spec, [split], max_eval_samples=examples)[split]
@@ -100,13 +101,21 @@ def _benchmark(paths: list[str], task: str, split: str, examples: int, batch_siz
         for m, (run, *_) in enumerate(runners):
             for enc in encoded[m][:warmup]:
                 run(enc)
+        # Models take turns, a few consecutive batches each, so a noisy neighbour slows all of them
+        # alike. Each turn opens with one untimed call: a served model runs request after request
+        # with its weights warm in the caches, and without that call a small model would be timed
+        # just after a big one flushed them (the default recipe's export measured 1.5x slower at
+        # batch 1 taking turns batch by batch than alone; docs/deploy.md).
+        per_turn = max(1, turn_examples // batch_size)
         for _ in range(repeats):
-            for b in range(len(chunks)):
-                for m, (run, *_) in enumerate(runners):  # models take turns, batch by batch
-                    started = time.perf_counter()
-                    executed = run(encoded[m][b])
-                    times[m].append(time.perf_counter() - started)
-                    layers[m].extend(np.asarray(executed, dtype=float).tolist())
+            for first in range(0, len(chunks), per_turn):
+                for m, (run, *_) in enumerate(runners):
+                    run(encoded[m][first])
+                    for enc in encoded[m][first:first + per_turn]:
+                        started = time.perf_counter()
+                        executed = run(enc)
+                        times[m].append(time.perf_counter() - started)
+                        layers[m].extend(np.asarray(executed, dtype=float).tolist())
         for m, (path, (_, _, kind, count)) in enumerate(zip(paths, runners, strict=True)):
             ts = sorted(times[m])
             flops = _pass_flops(count, encoded[m])  # one untimed pass: counting is no part of the timing
@@ -119,7 +128,8 @@ def _benchmark(paths: list[str], task: str, split: str, examples: int, batch_siz
     for r in rows:
         r["speedup_vs_first"] = r["examples_per_s"] / base[r["batch_size"]]
     return {"task": task, "split": split, "examples": len(texts), "max_length": max_length, "threads": threads,
-            "repeats": repeats, "peak_gflops_per_s": peak_gflops(threads), "rows": rows}
+            "repeats": repeats, "turn_examples": turn_examples, "peak_gflops_per_s": peak_gflops(threads),
+            "rows": rows}
 
 
 def _pass_flops(count: Counter, batches: list[dict[str, np.ndarray]]) -> float | None:
@@ -171,7 +181,8 @@ def _encode(tokenizer: Any, chunk: list[list[str]], max_length: int) -> dict[str
 
 def markdown(result: dict[str, Any]) -> str:
     lines = [f"{result['examples']} examples of {result['task']}/{result['split']}, max length "
-             f"{result['max_length']}, {result['threads']} threads, {result['repeats']} passes", "",
+             f"{result['max_length']}, {result['threads']} threads, {result['repeats']} passes, models taking turns "
+             f"of {result.get('turn_examples', 1)} examples", "",
              "| model | runtime | instructions | batch | median ms | p90 ms | examples/s | avg layers "
              "| GFLOPs/example | GFLOP/s (% of peak) | speed-up vs first |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]

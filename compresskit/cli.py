@@ -286,10 +286,12 @@ def predict(export_dir: str, texts: tuple[str, ...], pairs: tuple[tuple[str, str
 @click.option("--max-length", type=LENGTH, default=64, show_default=True)
 @click.option("--repeats", type=POSITIVE, default=3, show_default=True, help="Passes over the examples per model.")
 @click.option("--threads", type=POSITIVE, default=None, help="torch and ONNX Runtime threads (default: torch's).")
+@click.option("--turn-examples", type=POSITIVE, default=32, show_default=True,
+              help="Examples each model runs per turn (after one untimed call) before the next model's turn.")
 @click.option("--output", type=click.Path(dir_okay=False), default=None, help="Also write the results as JSON.")
 @handle_errors
 def benchmark(paths: tuple[str, ...], task: str, split: str, examples: int, batch_sizes: str, max_length: int,
-              repeats: int, threads: int | None, output: str | None) -> None:
+              repeats: int, threads: int | None, turn_examples: int, output: str | None) -> None:
     """Latency (median, p90) and throughput of models and exports side by side.
 
     An export runs on ONNX Runtime fp32; DIR:int8 its INT8 graphs; DIR:openvino,
@@ -305,7 +307,7 @@ def benchmark(paths: tuple[str, ...], task: str, split: str, examples: int, batc
         raise click.BadParameter(f"expected positive numbers like 1,32, got {batch_sizes!r}",
                                  param_hint="--batch-sizes")
     result = run_benchmark(list(paths), task=task, split=split, examples=examples, batch_sizes=sizes,
-                           max_length=max_length, repeats=repeats, threads=threads)
+                           max_length=max_length, repeats=repeats, threads=threads, turn_examples=turn_examples)
     click.echo(markdown(result))
     if output:
         Path(output).write_text(json.dumps(result, indent=2))
