@@ -8,7 +8,7 @@ agreement of every runtime the export is served on.
 Exports the teacher stage's model (fp32, into RUN/exports/teacher) and the final model with static
 INT8 (into RUN/exports/final-int8-static, calibrated on 256 training rows) unless they are there,
 then times the teacher's export, the final export on ONNX Runtime fp32, INT8 (dynamic, static) and
-on OpenVINO fp32, bf16 and INT8 (the static graphs), taking turns batch by batch at batch 1 and 32
+on OpenVINO fp32, bf16 and INT8 (the static graphs), taking turns (32 examples a turn) at batch 1 and 32
 (256 test texts; one run per --threads), and compares each runtime of the final export with the
 PyTorch model over the whole test split.
 """

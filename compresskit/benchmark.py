@@ -2,8 +2,8 @@
 
 Each path is a PyTorch model directory (run with its routed inference: dynamic models skip work)
 or an ONNX export directory (`compresskit export`; `DIR:int8` for its INT8 graphs). The models take
-turns batch by batch, so a noisy neighbour slows them all alike; ratios between rows of one run
-are what to compare.
+turns of a few consecutive batches, each turn opened by an untimed call, so a noisy neighbour slows
+them all alike and each is timed warm, as it serves; ratios between rows of one run are what to compare.
 """
 
 from __future__ import annotations
